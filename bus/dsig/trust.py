@@ -1,0 +1,116 @@
+"""A store of trusted CA certificates and the chain check for a signer's certificate.
+
+The chain is built from the signer's certificate through the intermediates in ``KeyInfo`` to a CA of
+the store. Each link is checked with ``verify_directly_issued_by`` (issuer name and signature), each
+issuer must be a CA (basicConstraints) allowed to sign certificates (keyUsage), every certificate
+must be valid at the time of verification, and the signer's keyUsage, when present, must allow
+digital signatures (or non-repudiation, as Vietnamese CAs issue for document signing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtensionOID
+
+from bus.errors import CertificateError, ConfigError
+
+__all__ = ["TrustStore", "describe"]
+
+_MAX_DEPTH = 5
+
+
+def describe(certificate: x509.Certificate) -> str:
+    return certificate.subject.rfc4514_string()
+
+
+def _check_time(certificate: x509.Certificate, at: dt.datetime) -> None:
+    if at < certificate.not_valid_before_utc:
+        raise CertificateError(
+            f"certificate {describe(certificate)} is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if at > certificate.not_valid_after_utc:
+        raise CertificateError(
+            f"certificate {describe(certificate)} expired on "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def _extension(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> x509.ExtensionType | None:
+    try:
+        return certificate.extensions.get_extension_for_oid(oid).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_issuer(issuer: x509.Certificate) -> None:
+    constraints = _extension(issuer, ExtensionOID.BASIC_CONSTRAINTS)
+    if not isinstance(constraints, x509.BasicConstraints) or not constraints.ca:
+        raise CertificateError(f"certificate {describe(issuer)} issued another but is not a CA")
+    usage = _extension(issuer, ExtensionOID.KEY_USAGE)
+    if isinstance(usage, x509.KeyUsage) and not usage.key_cert_sign:
+        raise CertificateError(f"CA {describe(issuer)} may not sign certificates (keyUsage)")
+
+
+def _check_signer(signer: x509.Certificate) -> None:
+    usage = _extension(signer, ExtensionOID.KEY_USAGE)
+    if isinstance(usage, x509.KeyUsage) and not (usage.digital_signature or usage.content_commitment):
+        raise CertificateError(f"certificate {describe(signer)} may not make signatures (keyUsage)")
+
+
+def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+class TrustStore:
+    """Trusted CA certificates (trust anchors)."""
+
+    def __init__(self, anchors: Iterable[x509.Certificate]) -> None:
+        self.anchors: tuple[x509.Certificate, ...] = tuple(anchors)
+        if not self.anchors:
+            raise ConfigError("the trust store holds no CA certificate")
+
+    @classmethod
+    def from_pem_files(cls, paths: Sequence[Path]) -> TrustStore:
+        anchors: list[x509.Certificate] = []
+        for path in paths:
+            try:
+                anchors += x509.load_pem_x509_certificates(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot read CA certificates from {path}: {exc}") from exc
+        return cls(anchors)
+
+    def validate(
+        self, signer: x509.Certificate, intermediates: Sequence[x509.Certificate], at: dt.datetime
+    ) -> tuple[x509.Certificate, ...]:
+        """The chain ``(signer, ..., anchor)``, or :class:`CertificateError` saying which link fails."""
+        _check_signer(signer)
+        chain = [signer]
+        current = signer
+        for _ in range(_MAX_DEPTH):
+            _check_time(current, at)
+            for anchor in self.anchors:
+                if anchor.subject == current.issuer and _issued_by(current, anchor):
+                    _check_issuer(anchor)
+                    _check_time(anchor, at)
+                    return (*chain, anchor)
+            candidates = [c for c in intermediates if c.subject == current.issuer and c not in chain]
+            issuer = next((c for c in candidates if _issued_by(current, c)), None)
+            if issuer is None:
+                raise CertificateError(
+                    f"certificate {describe(current)} (issuer {current.issuer.rfc4514_string()}) "
+                    "does not chain to a trusted CA"
+                )
+            _check_issuer(issuer)
+            chain.append(issuer)
+            current = issuer
+        raise CertificateError(f"certificate chain of {describe(signer)} is longer than {_MAX_DEPTH}")

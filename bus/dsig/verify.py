@@ -1,0 +1,219 @@
+"""Verifying envelope signatures; the result says *what was signed*, and later code uses only that.
+
+Every structural rule below closes a known attack on XML-DSig:
+
+* the signature must be a child of ``edXMLHeader`` (a signature elsewhere is a wrapping attempt);
+* exactly one ``Reference``, with ``URI=""``: no ID-based references, so no ID wrapping;
+* transforms, canonicalisation, digest and signature methods from a short allow-list; the XPath
+  filter must be the profile's, with the profile's namespace bindings (:mod:`bus.dsig.profile`);
+* the certificate that checks the value must chain to the trust store and be valid now.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from lxml import etree
+
+from bus.checks import NS, sender_text
+from bus.dsig.keys import raw_verify
+from bus.dsig.profile import (
+    C14N,
+    DIGESTS,
+    DSIG_NS,
+    ENVELOPED,
+    EXC_C14N,
+    FILTER2,
+    FILTER2_NS,
+    SIGNATURE_METHODS,
+    SUBTRACT_EXPRESSION,
+    SUBTRACT_NSMAP,
+    SignatureConfig,
+)
+from bus.dsig.transform import signed_bytes
+from bus.dsig.trust import TrustStore, describe
+from bus.errors import SignatureError, SignatureMissingError, WeakAlgorithmError
+
+__all__ = ["VerifiedSignature", "find_signatures", "verify_signature", "verify_tree"]
+
+_DEFAULT_CONFIG = SignatureConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSignature:
+    """A signature that checked out.
+
+    ``signed_xml`` is the canonical XML the signer vouched for; ``covers_trace`` is False for the bus
+    profile, whose signers leave trace headers and other signatures out.
+    """
+
+    signed_xml: bytes
+    signer: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    signature_method: str
+    digest_method: str
+    covers_trace: bool
+
+    @property
+    def signer_name(self) -> str:
+        return describe(self.signer)
+
+
+def _q(name: str) -> str:
+    return f"{{{DSIG_NS}}}{name}"
+
+
+def _only(parent: etree._Element, name: str) -> etree._Element:
+    found = parent.findall(_q(name))
+    if len(found) != 1:
+        raise SignatureError(
+            f"ds:{etree.QName(parent).localname} must hold exactly one ds:{name}, has {len(found)}"
+        )
+    return found[0]
+
+
+def find_signatures(root: etree._Element) -> list[etree._Element]:
+    """The ``ds:Signature`` children of ``edXMLHeader``; a ``ds:Signature`` anywhere else is refused."""
+    header = root.find(f"{{{NS}}}edXMLEnvelope/{{{NS}}}edXMLHeader")
+    everywhere = list(root.iter(_q("Signature")))
+    placed = [s for s in everywhere if header is not None and s.getparent() is header]
+    if len(placed) != len(everywhere):
+        stray = next(s for s in everywhere if s not in placed)
+        raise SignatureError(
+            f"ds:Signature at line {stray.sourceline} is not a child of edXMLHeader: "
+            "signatures elsewhere are refused (possible signature wrapping)"
+        )
+    return placed
+
+
+def _transforms(reference: etree._Element) -> tuple[bool, bool]:
+    """(subtract, exclusive) for an allowed transform chain, else :class:`SignatureError`."""
+    holder = reference.findall(_q("Transforms"))
+    steps = [] if not holder else list(holder[0])
+    algorithms = [step.get("Algorithm") for step in steps]
+    if algorithms == [ENVELOPED, FILTER2, EXC_C14N]:
+        xpaths = list(steps[1])
+        if (
+            len(xpaths) != 1
+            or xpaths[0].tag != f"{{{FILTER2_NS}}}XPath"
+            or xpaths[0].get("Filter") != "subtract"
+        ):
+            raise SignatureError(
+                "the XPath filter transform must hold one dsig-xpath:XPath with Filter='subtract'"
+            )
+        xpath = xpaths[0]
+        bindings_ok = all(xpath.nsmap.get(prefix) == uri for prefix, uri in SUBTRACT_NSMAP.items())
+        if " ".join((xpath.text or "").split()) != SUBTRACT_EXPRESSION or not bindings_ok:
+            raise SignatureError(
+                "the XPath filter is not the bus profile's (only trace headers and "
+                "signatures may be left out of what is signed)"
+            )
+        return True, True
+    if algorithms in ([ENVELOPED], [ENVELOPED, EXC_C14N]):
+        return False, algorithms == [ENVELOPED, EXC_C14N]
+    raise SignatureError(
+        f"transform chain {algorithms} is not accepted; expected enveloped-signature "
+        "[+ the bus XPath filter] + exclusive c14n"
+    )
+
+
+def _decode(element: etree._Element, what: str) -> bytes:
+    try:
+        return base64.b64decode("".join((element.text or "").split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{what} is not valid base64") from exc
+
+
+def _certificates(signature: etree._Element, config: SignatureConfig) -> list[x509.Certificate]:
+    elements = signature.findall(f"{_q('KeyInfo')}/{_q('X509Data')}/{_q('X509Certificate')}")
+    if not elements:
+        raise SignatureError("ds:KeyInfo carries no ds:X509Certificate: the signer cannot be identified")
+    if len(elements) > config.max_certificates:
+        raise SignatureError(
+            f"ds:KeyInfo carries {len(elements)} certificates; at most {config.max_certificates}"
+        )
+    certificates = []
+    for element in elements:
+        try:
+            certificates.append(x509.load_der_x509_certificate(_decode(element, "X509Certificate")))
+        except ValueError as exc:
+            raise SignatureError(f"X509Certificate cannot be read (truncated or not DER): {exc}") from exc
+    return certificates
+
+
+def verify_signature(
+    root: etree._Element,
+    signature: etree._Element,
+    trust: TrustStore,
+    config: SignatureConfig = _DEFAULT_CONFIG,
+    *,
+    now: dt.datetime | None = None,
+) -> VerifiedSignature:
+    """Check one ``ds:Signature`` of *root*; raises a :class:`SignatureError` subclass if it fails."""
+    signed_info = _only(signature, "SignedInfo")
+    c14n = _only(signed_info, "CanonicalizationMethod").get("Algorithm")
+    if c14n not in (EXC_C14N, C14N):
+        raise SignatureError(f"CanonicalizationMethod {c14n!r} is not accepted")
+    method = _only(signed_info, "SignatureMethod").get("Algorithm") or ""
+    reference = _only(signed_info, "Reference")
+    if reference.get("URI") != "":
+        raise SignatureError(
+            f'Reference URI={reference.get("URI")!r} is refused: only URI="" (the whole '
+            "envelope) is accepted, so no part can be swapped in by ID"
+        )
+    digest_method = _only(reference, "DigestMethod").get("Algorithm") or ""
+    if method not in SIGNATURE_METHODS or digest_method not in DIGESTS:
+        raise SignatureError(f"algorithms {method!r} / {digest_method!r} are not accepted")
+    key_type, hash_name, weak_method = SIGNATURE_METHODS[method]
+    digest_name, weak_digest = DIGESTS[digest_method]
+    if (weak_method or weak_digest) and not config.allows_sha1(sender_text(root)):
+        raise WeakAlgorithmError(
+            f"SHA-1 signature from {sender_text(root)} refused: SHA-1 is broken; an operator "
+            "may allow it for a named legacy sender (--allow-sha1)"
+        )
+    subtract, exclusive = _transforms(reference)
+    certificates = _certificates(signature, config)
+    chain = trust.validate(certificates[0], certificates[1:], now or dt.datetime.now(dt.UTC))
+    content = signed_bytes(root, signature, subtract=subtract, exclusive=exclusive)
+    if hashlib.new(digest_name, content).digest() != _decode(_only(reference, "DigestValue"), "DigestValue"):
+        raise SignatureError("DigestValue does not match: the envelope was changed after it was signed")
+    canonical = etree.tostring(signed_info, method="c14n", exclusive=c14n == EXC_C14N, with_comments=False)
+    raw_verify(
+        certificates[0],
+        key_type,
+        hash_name,
+        _decode(_only(signature, "SignatureValue"), "SignatureValue"),
+        canonical,
+    )
+    return VerifiedSignature(
+        content, certificates[0], chain, method, digest_method, covers_trace=not subtract
+    )
+
+
+def verify_tree(
+    tree: etree._ElementTree,
+    trust: TrustStore,
+    config: SignatureConfig = _DEFAULT_CONFIG,
+    *,
+    now: dt.datetime | None = None,
+) -> list[VerifiedSignature]:
+    """Verify every signature of *tree* (the sender's first); at least one is required."""
+    root = tree.getroot()
+    signatures = find_signatures(root)
+    if not signatures:
+        legacy = root.find(f"{{{NS}}}edXMLEnvelope/{{{NS}}}edXMLHeader/{{{NS}}}Signature")
+        hint = (
+            (
+                " (its Signature element is in the edXML namespace, not xmldsig: a placeholder the bus "
+                "cannot check)"
+            )
+            if legacy is not None
+            else ""
+        )
+        raise SignatureMissingError(f"envelope has no ds:Signature{hint}")
+    return [verify_signature(root, s, trust, config, now=now) for s in signatures]

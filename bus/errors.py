@@ -1,0 +1,108 @@
+"""Errors of the exchange bus.
+
+Every error the bus raises on purpose derives from :class:`BusError`::
+
+    BusError
+    ├── InputError (ValueError)          the input is bad: fix the input, not the bus
+    │   ├── UnsafeXmlError               DTD, entity, oversized or too deep XML: refused before use
+    │   ├── MalformedXmlError            not well-formed XML, or not UTF-8
+    │   ├── InvalidOrganIdError          an OrganId that is not V.Z.Y.MXX
+    │   ├── EnvelopeInvalidError         schema or business checks failed; carries every problem
+    │   └── SignatureError               missing, broken, forged or untrusted signature
+    │       ├── SignatureMissingError
+    │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
+    │       └── CertificateError         chain, validity or usage of the signer's certificate
+    └── ConfigError                      a configuration or topology file is wrong
+
+The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "BusError",
+    "CertificateError",
+    "ConfigError",
+    "EnvelopeInvalidError",
+    "InputError",
+    "InvalidOrganIdError",
+    "MalformedXmlError",
+    "Problem",
+    "SignatureError",
+    "SignatureMissingError",
+    "UnsafeXmlError",
+    "WeakAlgorithmError",
+]
+
+
+class BusError(Exception):
+    """Root of every error the bus raises on purpose."""
+
+
+class InputError(BusError, ValueError):
+    """The input is bad; the bus is fine and keeps serving."""
+
+
+class UnsafeXmlError(InputError):
+    """XML refused before use: DTD, entities, too large or too deeply nested."""
+
+
+class MalformedXmlError(InputError):
+    """Not well-formed XML, or not encoded as UTF-8."""
+
+
+class InvalidOrganIdError(InputError):
+    """An organisation identifier that does not follow V.Z.Y.MXX (QCVN 102:2016)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an envelope, where it is and what to do about it.
+
+    ``path`` is an element path such as ``/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To[2]/OrganId``
+    (namespace prefixes left out, positions 1-based as in XPath); ``line`` is the source line when known.
+    ``code`` is a short machine-readable name, stable across releases.
+    """
+
+    code: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path} (line {self.line})" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+class EnvelopeInvalidError(InputError):
+    """The envelope failed schema or business checks; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(
+            f"envelope rejected with {len(self.problems)} problem(s): "
+            + "; ".join(str(p) for p in self.problems)
+        )
+
+
+class SignatureError(InputError):
+    """The signature is missing, broken, forged or made with a refused algorithm or certificate."""
+
+
+class SignatureMissingError(SignatureError):
+    """No XML signature where one is required."""
+
+
+class WeakAlgorithmError(SignatureError):
+    """A refused algorithm (SHA-1 unless opted in for a named legacy sender)."""
+
+
+class CertificateError(SignatureError):
+    """The signer's certificate does not chain to a trusted CA, is expired, or may not sign."""
+
+
+class ConfigError(BusError):
+    """A configuration or topology file is wrong; the message names the field and the reason."""

@@ -1,0 +1,81 @@
+"""A province's axis as configuration: the bus node itself and every agency node.
+
+Loaded from a TOML file (``config/example-province.toml``). Issue 3 wires it into the settings; the
+development PKI (:mod:`bus.pki`) already reads it to make one key and certificate per node.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from bus.errors import ConfigError
+from bus.organ_id import OrganId
+
+__all__ = ["Agency", "AgencyLevel", "BusNode", "Topology", "load_topology"]
+
+
+class AgencyLevel(enum.StrEnum):
+    PROVINCE = "province"  # UBND tỉnh
+    DEPARTMENT = "department"  # Sở, ban, ngành
+    DISTRICT = "district"  # UBND huyện (abolished in many provinces by the 2025 reform)
+    COMMUNE = "commune"  # UBND xã, phường, thị trấn
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BusNode(_Strict):
+    organ_id: OrganId
+    name: str
+
+
+class Agency(_Strict):
+    organ_id: OrganId
+    name: str
+    level: AgencyLevel
+    parent: OrganId | None = None
+    # The SHA-1 opt-in is per sender and visible in the topology file (docs/signatures.md).
+    allow_sha1: bool = False
+
+
+class Topology(_Strict):
+    province: str
+    node: BusNode
+    agencies: tuple[Agency, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        ids = [str(a.organ_id) for a in self.agencies]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"agencies listed twice: {', '.join(duplicates)}")
+        known = set(ids)
+        for agency in self.agencies:
+            if agency.parent is not None and str(agency.parent) not in known:
+                raise ValueError(
+                    f"agency {agency.organ_id} names parent {agency.parent}, which is not listed"
+                )
+        return self
+
+    def agency(self, organ_id: OrganId) -> Agency | None:
+        return next((a for a in self.agencies if a.organ_id == organ_id), None)
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and check a topology file; :class:`ConfigError` names the field and the reason."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read topology {path}: {exc}") from exc
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"topology {path} is invalid: {reasons}") from exc

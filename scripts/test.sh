@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole check: lint, format, types, then every test. .ci/run runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "==> ruff check";  ruff check .
+echo "==> ruff format"; ruff format --check .
+echo "==> mypy";        mypy
+echo "==> pytest"
+mkdir -p test-artifacts
+# -p no:cacheprovider: CI runs from a fresh clone; nothing to reuse.
+pytest -p no:cacheprovider "$@"
