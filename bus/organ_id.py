@@ -25,8 +25,8 @@ from bus.errors import InvalidOrganIdError
 
 __all__ = ["OrganId", "OrganKind", "OrganLevel", "normalise_organ_id"]
 
-_TOP = re.compile(r"^[A-Z][0-9]{2}$")
-_DIGITS = re.compile(r"^[0-9]+$")
+_TOP = re.compile(r"[A-Z][0-9]{2}")
+_DIGITS = re.compile(r"[0-9]+")
 _WIDTHS = (3, 2, 2)  # V, Z, Y
 _NAMES = ("V (level 4)", "Z (level 3)", "Y (level 2)")
 
@@ -137,14 +137,14 @@ def normalise_organ_id(text: str) -> tuple[OrganId, bool]:
             f"OrganId {text!r} has an empty segment; expected V.Z.Y.MXX such as 000.00.12.H41"
         )
     top = segments[-1].upper()
-    if not _TOP.match(top):
+    if not _TOP.fullmatch(top):
         raise InvalidOrganIdError(
             f"OrganId {text!r}: level-1 segment {segments[-1]!r} must be one letter and two digits (e.g. H41)"
         )
     numbers = ["0"] * (4 - len(segments)) + segments[:-1]
     values: list[int] = []
     for segment, width, name in zip(numbers, _WIDTHS, _NAMES, strict=True):
-        if not _DIGITS.match(segment) or not segment.isascii():
+        if not _DIGITS.fullmatch(segment):
             raise InvalidOrganIdError(f"OrganId {text!r}: segment {name} {segment!r} must be digits")
         if len(segment) > width:
             raise InvalidOrganIdError(

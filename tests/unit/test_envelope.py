@@ -185,14 +185,11 @@ def test_manifest_entry_without_attachment_is_a_problem(document_bytes: bytes) -
     assert "cid:ke-hoach-1" in problem.message
 
 
-@pytest.mark.parametrize(
-    ("value", "code"), [("*!*", "attachment-base64"), ("abc", "schema"), ("QUJD=", "schema")]
-)
-def test_corrupt_attachment_base64_is_refused(document_bytes: bytes, value: str, code: str) -> None:
-    [problem] = _problems(
-        edit(document_bytes, _set("AttachmentEncoded/Attachment/ContentTransferEncoded", value))
-    )
-    assert problem.code == code
+@pytest.mark.parametrize("value", ["*!*", "abc", "QUJD=", "QU=D", " "])
+def test_corrupt_attachment_base64_is_refused(document_bytes: bytes, value: str) -> None:
+    path = "AttachmentEncoded/Attachment/ContentTransferEncoded"
+    [problem] = _problems(edit(document_bytes, _set(path, value)))
+    assert problem.code == "attachment-base64"
     assert problem.path.endswith("/Attachment/ContentTransferEncoded")
 
 
