@@ -7,9 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from lxml import etree
 
 from bus.pki import Issued, issue_certificate, make_ca
+
+# No per-example deadline: CI shares two cores with services, and a slow first example is not a bug.
+settings.register_profile("bus", deadline=None, max_examples=200)
+settings.load_profile("bus")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
