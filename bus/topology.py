@@ -41,6 +41,9 @@ class Agency(_Strict):
     parent: OrganId | None = None
     # The SHA-1 opt-in is per sender and visible in the topology file (docs/signatures.md).
     allow_sha1: bool = False
+    # Codes this agency had before a merger or renaming (2025 reform): envelopes addressed to them
+    # are delivered here.
+    aliases: tuple[OrganId, ...] = ()
 
 
 class Topology(_Strict):
@@ -56,6 +59,13 @@ class Topology(_Strict):
             raise ValueError(f"agencies listed twice: {', '.join(duplicates)}")
         known = set(ids)
         for agency in self.agencies:
+            for alias in agency.aliases:
+                if str(alias) in known:
+                    raise ValueError(f"alias {alias} of {agency.organ_id} is also a listed agency")
+        aliases = [str(alias) for agency in self.agencies for alias in agency.aliases]
+        if len(aliases) != len(set(aliases)):
+            raise ValueError("an alias is given to more than one agency")
+        for agency in self.agencies:
             if agency.parent is not None and str(agency.parent) not in known:
                 raise ValueError(
                     f"agency {agency.organ_id} names parent {agency.parent}, which is not listed"
@@ -63,7 +73,12 @@ class Topology(_Strict):
         return self
 
     def agency(self, organ_id: OrganId) -> Agency | None:
-        return next((a for a in self.agencies if a.organ_id == organ_id), None)
+        """The agency with this code, or whose former code (alias) this is."""
+        return next((a for a in self.agencies if a.organ_id == organ_id or organ_id in a.aliases), None)
+
+    def within(self, ancestor: OrganId) -> tuple[Agency, ...]:
+        """Every agency at or under *ancestor* (a district's agencies, a whole province)."""
+        return tuple(a for a in self.agencies if a.organ_id.is_within(ancestor))
 
 
 def load_topology(path: Path) -> Topology:

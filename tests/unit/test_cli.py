@@ -90,9 +90,9 @@ def test_pki_init_makes_private_keys_0600_and_is_idempotent(tmp_path: Path, caps
     topology = ROOT / "config" / "example-province.toml"
     assert main(["pki", "init", "--topology", str(topology), "--out", str(out)]) == 0
     keys = sorted((out / "nodes").glob("*.key"))
-    assert len(keys) == 12  # the bus node and eleven agencies
+    assert len(keys) == 13  # the bus node and twelve agencies
     assert all(stat.S_IMODE(os.stat(k).st_mode) == 0o600 for k in keys)
-    assert f"{out}: 13 certificate(s) created" in capsys.readouterr().out  # 12 nodes and the CA
+    assert f"{out}: 14 certificate(s) created" in capsys.readouterr().out  # 13 nodes and the CA
     before = {k: k.read_bytes() for k in keys}
     assert main(["pki", "init", "--topology", str(topology), "--out", str(out)]) == 0
     assert "0 certificate(s) created" in capsys.readouterr().out
