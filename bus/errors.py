@@ -12,7 +12,9 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │       ├── SignatureMissingError
     │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
     │       └── CertificateError         chain, validity or usage of the signer's certificate
-    └── ConfigError                      a configuration or topology file is wrong
+    ├── ConfigError                      a configuration or topology file is wrong
+    └── BrokerError                      the message broker refused or lost a publish: retry later
+        └── UnroutableError              no queue is bound for the routing key (never a silent drop)
 
 The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage).
 """
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "BrokerError",
     "BusError",
     "CertificateError",
     "ConfigError",
@@ -33,6 +36,7 @@ __all__ = [
     "Problem",
     "SignatureError",
     "SignatureMissingError",
+    "UnroutableError",
     "UnsafeXmlError",
     "WeakAlgorithmError",
 ]
@@ -106,3 +110,11 @@ class CertificateError(SignatureError):
 
 class ConfigError(BusError):
     """A configuration or topology file is wrong; the message names the field and the reason."""
+
+
+class BrokerError(BusError):
+    """The broker did not confirm a publish (nack, closed channel, lost connection): nothing is accepted."""
+
+
+class UnroutableError(BrokerError):
+    """A mandatory publish came back: no queue is bound for its routing key."""

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/services.sh   # RabbitMQ and PostgreSQL: integration tests use the real ones
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "==> ruff check";  ruff check .

@@ -1,0 +1,42 @@
+"""Names of the broker objects of one axis, all under one prefix (tests use a fresh prefix each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bus.organ_id import OrganId
+
+__all__ = ["RETRY_DELAYS_MS", "BrokerNames"]
+
+# Back-off tiers for temporary failures: 5 s, 30 s, 5 min; after the last, the message is dead-lettered.
+RETRY_DELAYS_MS: tuple[int, ...] = (5_000, 30_000, 300_000)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerNames:
+    prefix: str = "bus"
+
+    @property
+    def deliver_exchange(self) -> str:
+        """Direct exchange; routing keys from :mod:`bus.routing`."""
+        return f"{self.prefix}.deliver"
+
+    @property
+    def outbound_queue(self) -> str:
+        """Everything addressed outside the province, kept until the national-axis relay takes it."""
+        return f"{self.prefix}.outbound"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    def inbox(self, organ: OrganId) -> str:
+        return f"{self.prefix}.inbox.{organ}"
+
+    def retry_queue(self, target: str, delay_ms: int) -> str:
+        """Holds a message *delay_ms*, then dead-letters it back to *target* (back-off without a timer)."""
+        return f"{target}.retry.{delay_ms}ms"

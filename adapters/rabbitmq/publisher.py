@@ -1,0 +1,106 @@
+"""Publishing with publisher confirms and ``mandatory``: a publish returns only once the broker has
+taken responsibility for the message; an unroutable or refused message raises, never vanishes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+
+from adapters.rabbitmq.names import BrokerNames
+from bus.errors import BrokerError, UnroutableError
+
+__all__ = ["Publisher", "open_channel"]
+
+HeaderValue = str | int | bool
+REASON_HEADER = "x-bus-reason"
+ATTEMPT_HEADER = "x-bus-attempt"
+SOURCE_HEADER = "x-bus-source-queue"
+
+
+async def open_channel(connection: AbstractConnection) -> AbstractChannel:
+    """A channel whose publishes wait for the broker's confirm and raise when a message is returned."""
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+class Publisher:
+    """Durable publishes onto the axis. Every method returns after the broker's confirm, or raises
+    :class:`~bus.errors.BrokerError` (:class:`~bus.errors.UnroutableError` for a returned message)."""
+
+    def __init__(self, channel: AbstractChannel, names: BrokerNames, *, timeout: float = 30.0) -> None:
+        self._channel = channel
+        self._timeout = timeout
+        self._names = names
+        self._deliver: AbstractExchange | None = None
+
+    async def _exchange(self) -> AbstractExchange:
+        if self._deliver is None:
+            self._deliver = await self._channel.get_exchange(self._names.deliver_exchange, ensure=False)
+        return self._deliver
+
+    async def _publish(
+        self,
+        exchange: AbstractExchange,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        headers: Mapping[str, HeaderValue],
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            content_type="application/xml",
+            content_encoding="utf-8",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(headers),
+        )
+        try:
+            await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
+        except PublishError as exc:  # Basic.Return: mandatory and nothing bound
+            raise UnroutableError(
+                f"no queue is bound for routing key {routing_key!r}: message {message_id} "
+                "was returned by the broker, not delivered"
+            ) from exc
+        except (DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
+            # A nack, a lost channel or no confirm in time: the message may or may not be stored, so
+            # the caller must not answer "accepted"; a retry may duplicate, which dedup absorbs.
+            raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+
+    async def deliver(
+        self, routing_key: str, body: bytes, *, message_id: str, headers: Mapping[str, HeaderValue] = {}
+    ) -> None:
+        """Publish to the delivery exchange (an inbox, a group, or ``outbound``)."""
+        await self._publish(await self._exchange(), routing_key, body, message_id, headers)
+
+    async def retry(
+        self,
+        target_queue: str,
+        delay_ms: int,
+        body: bytes,
+        *,
+        message_id: str,
+        attempt: int,
+        headers: Mapping[str, HeaderValue] = {},
+    ) -> None:
+        """Park a message in *target_queue*'s retry queue; it comes back after *delay_ms*."""
+        queue = self._names.retry_queue(target_queue, delay_ms)
+        await self._publish(
+            self._channel.default_exchange, queue, body, message_id, {**headers, ATTEMPT_HEADER: attempt}
+        )
+
+    async def dead_letter(
+        self,
+        body: bytes,
+        *,
+        message_id: str,
+        reason: str,
+        source_queue: str,
+        headers: Mapping[str, HeaderValue] = {},
+    ) -> None:
+        """Keep a message that cannot be delivered, with the reason an operator will read."""
+        exchange = await self._channel.get_exchange(self._names.dead_letter_exchange, ensure=False)
+        await self._publish(
+            exchange, "", body, message_id, {**headers, REASON_HEADER: reason, SOURCE_HEADER: source_queue}
+        )
