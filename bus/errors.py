@@ -12,6 +12,8 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │       ├── SignatureMissingError
     │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
     │       └── CertificateError         chain, validity or usage of the signer's certificate
+    │   ├── ForgedSenderError            From is not the authenticated agency
+    │   └── DuplicateEnvelopeError       the same (sender, DocumentId, business type) was accepted before
     ├── ConfigError                      a configuration or topology file is wrong
     └── BrokerError                      the message broker refused or lost a publish: retry later
         └── UnroutableError              no queue is bound for the routing key (never a silent drop)
@@ -29,7 +31,9 @@ __all__ = [
     "BusError",
     "CertificateError",
     "ConfigError",
+    "DuplicateEnvelopeError",
     "EnvelopeInvalidError",
+    "ForgedSenderError",
     "InputError",
     "InvalidOrganIdError",
     "MalformedXmlError",
@@ -118,3 +122,15 @@ class BrokerError(BusError):
 
 class UnroutableError(BrokerError):
     """A mandatory publish came back: no queue is bound for its routing key."""
+
+
+class ForgedSenderError(InputError):
+    """The envelope's From/OrganId is not the agency that authenticated the request."""
+
+
+class DuplicateEnvelopeError(InputError):
+    """Already accepted: ``bus_id`` names the earlier acceptance (HTTP 409)."""
+
+    def __init__(self, bus_id: str, message: str) -> None:
+        self.bus_id = bus_id
+        super().__init__(message)
