@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from lxml import etree
 
 from bus.checks import NS, sender_text
@@ -137,13 +138,29 @@ def _certificates(signature: etree._Element, config: SignatureConfig) -> list[x5
         raise SignatureError(
             f"ds:KeyInfo carries {len(elements)} certificates; at most {config.max_certificates}"
         )
-    certificates = []
-    for element in elements:
-        try:
-            certificates.append(x509.load_der_x509_certificate(_decode(element, "X509Certificate")))
-        except ValueError as exc:
-            raise SignatureError(f"X509Certificate cannot be read (truncated or not DER): {exc}") from exc
-    return certificates
+    return [_load_certificate(_decode(element, "X509Certificate")) for element in elements]
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    """Parse every field now: cryptography parses some lazily, and a corrupt one must fail here as a
+    :class:`SignatureError`, not later inside chain validation as a ValueError."""
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        _ = (
+            certificate.version,
+            certificate.subject.rfc4514_string(),
+            certificate.issuer.rfc4514_string(),
+            certificate.not_valid_before_utc,
+            certificate.not_valid_after_utc,
+            list(certificate.extensions),
+            certificate.public_key(),
+            certificate.signature_hash_algorithm,
+        )
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+        raise SignatureError(
+            f"X509Certificate cannot be read (truncated, corrupt or unsupported): {exc}"
+        ) from exc
+    return certificate
 
 
 def verify_signature(
