@@ -16,19 +16,7 @@ from adapters.store.tables import deliveries, documents, events, metadata
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.errors import ConfigError
 
-__all__ = ["DeliveryRow", "DocumentRow", "StatusStore"]
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentRow:
-    bus_id: str
-    kind: str
-    sender: str
-    document_id: str
-    business_type: int
-    code: str | None
-    subject: str | None
-    accepted_at: dt.datetime
+__all__ = ["DeliveryRow", "StatusStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +25,20 @@ class DeliveryRow:
     route: str
     state: DeliveryState
     updated_at: dt.datetime
+
+
+def _document(row: Any) -> AcceptedDocument:
+    return AcceptedDocument(
+        bus_id=row.bus_id,
+        kind=row.kind,
+        sender=row.sender,
+        document_id=row.document_id,
+        business_type=row.business_type,
+        code=row.code,
+        subject=row.subject,
+        accepted_at=_utc(row.accepted_at),
+        envelope_sha256=row.envelope_sha256,
+    )
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -146,23 +148,12 @@ class StatusStore:
         )
         return bool(result.rowcount)
 
-    async def document(self, bus_id: str) -> DocumentRow | None:
+    async def document(self, bus_id: str) -> AcceptedDocument | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(documents).where(documents.c.bus_id == bus_id))).first()
-        if row is None:
-            return None
-        return DocumentRow(
-            row.bus_id,
-            row.kind,
-            row.sender,
-            row.document_id,
-            row.business_type,
-            row.code,
-            row.subject,
-            _utc(row.accepted_at),
-        )
+        return None if row is None else _document(row)
 
-    async def find(self, document_id: str) -> list[DocumentRow]:
+    async def find(self, document_id: str) -> list[AcceptedDocument]:
         """Documents whose edXML DocumentId (or bus id) is *document_id*, newest first."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
@@ -170,19 +161,7 @@ class StatusStore:
                 .where((documents.c.document_id == document_id) | (documents.c.bus_id == document_id))
                 .order_by(documents.c.accepted_at.desc())
             )
-            return [
-                DocumentRow(
-                    r.bus_id,
-                    r.kind,
-                    r.sender,
-                    r.document_id,
-                    r.business_type,
-                    r.code,
-                    r.subject,
-                    _utc(r.accepted_at),
-                )
-                for r in rows
-            ]
+            return [_document(row) for row in rows]
 
     async def deliveries(self, bus_id: str) -> list[DeliveryRow]:
         async with self._engine.connect() as conn:
