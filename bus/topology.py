@@ -7,12 +7,10 @@ development PKI (:mod:`bus.pki`) already reads it to make one key and certificat
 from __future__ import annotations
 
 import enum
-import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
-from bus.errors import ConfigError
 from bus.organ_id import OrganId
 
 __all__ = ["Agency", "AgencyLevel", "BusNode", "Topology", "load_topology"]
@@ -32,6 +30,11 @@ class _Strict(BaseModel):
 class BusNode(_Strict):
     organ_id: OrganId
     name: str
+    # The bus's own signing key and certificate, and the CAs whose agencies' signatures it trusts.
+    # Relative paths are read from the configuration file's directory.
+    key: Path | None = None
+    certificate: Path | None = None
+    trust: tuple[Path, ...] = ()
 
 
 class Agency(_Strict):
@@ -44,6 +47,13 @@ class Agency(_Strict):
     # Codes this agency had before a merger or renaming (2025 reform): envelopes addressed to them
     # are delivered here.
     aliases: tuple[OrganId, ...] = ()
+    # Shared secret of the agency's document system for the HTTP API's HMAC; without one the agency
+    # cannot use the API. Never logged (SecretStr).
+    secret: SecretStr | None = None
+    # Envelopes from this agency must carry a valid signature; with a certificate given, it must be the
+    # signer's (pinned), otherwise any certificate from a trusted CA whose UID names the agency.
+    require_signature: bool = False
+    certificate: Path | None = None
 
 
 class Topology(_Strict):
@@ -82,15 +92,7 @@ class Topology(_Strict):
 
 
 def load_topology(path: Path) -> Topology:
-    """Read and check a topology file; :class:`ConfigError` names the field and the reason."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read topology {path}: {exc}") from exc
-    try:
-        return Topology.model_validate(data)
-    except ValidationError as exc:
-        reasons = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"topology {path} is invalid: {reasons}") from exc
+    """The topology part of a configuration file (see :func:`bus.settings.load_settings`)."""
+    from bus.settings import load_settings  # settings build on this module
+
+    return load_settings(path).topology

@@ -1,0 +1,104 @@
+"""Settings of one bus node: the province's topology file plus ``BUS_`` environment variables.
+
+One class, built once at start-up and passed down (nothing reads the environment elsewhere). The
+file gives the province, its agencies and the node's services; an environment variable overrides a
+file value (nested with ``__``: ``BUS_AMQP__URL``, ``BUS_DATABASE__URL``). A bad file or value stops
+start-up with the field and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bus.errors import ConfigError
+from bus.topology import Agency, BusNode, Topology
+
+__all__ = ["AmqpSettings", "DatabaseSettings", "HttpSettings", "Settings", "load_settings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AmqpSettings(_Section):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    prefix: str = "bus"  # every exchange and queue of this axis is named under it
+    publish_timeout_s: float = 30.0
+    prefetch: int = 64  # unacknowledged inbox messages one worker holds at a time
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///bus.db"  # PostgreSQL: postgresql+asyncpg://user@host/db
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 64 * 1024 * 1024
+    # A signed request older or newer than this is refused; a replay inside it is refused too.
+    clock_skew_s: int = 300
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BUS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    province: str
+    node: BusNode
+    agencies: tuple[Agency, ...]
+    amqp: AmqpSettings = AmqpSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    http: HttpSettings = HttpSettings()
+    # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
+    # A value here wins over an agency's ``secret`` in the file.
+    agency_secrets: dict[str, SecretStr] = {}
+    # Directory that relative paths in the file are read from (set by :func:`load_settings`).
+    base_dir: Path = Path()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init values; the environment must win over it.
+        return env_settings, init_settings
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(province=self.province, node=self.node, agencies=self.agencies)
+
+    def secret_of(self, agency: Agency) -> bytes | None:
+        secret = self.agency_secrets.get(str(agency.organ_id)) or agency.secret
+        return None if secret is None else secret.get_secret_value().encode("utf-8")
+
+    def path(self, value: Path) -> Path:
+        """*value* from the file, resolved against the file's directory."""
+        return value if value.is_absolute() else self.base_dir / value
+
+
+def load_settings(path: Path) -> Settings:
+    """Read *path* (TOML) and the environment; :class:`ConfigError` names the field and the reason."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+    try:
+        data.setdefault("base_dir", path.parent)
+        settings = Settings(**data)
+        settings.topology  # noqa: B018 - the topology's own checks (parents, aliases) run at start-up
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"configuration {path} is invalid: {reasons}") from exc
+    return settings
