@@ -27,6 +27,7 @@ class DeliveryState(enum.StrEnum):
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD_LETTERED = "dead-lettered"
+    RELATED = "related"  # a revocation, update, replacement or take-back concerns this document
 
     @property
     def label(self) -> str:
@@ -45,6 +46,7 @@ _LABELS = {
     DeliveryState.RETRYING: "Đang thử gửi lại",
     DeliveryState.FAILED: "Gửi thất bại",
     DeliveryState.DEAD_LETTERED: "Chuyển vào hàng lỗi",
+    DeliveryState.RELATED: "Có văn bản liên quan",
 }
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "Problem",
     "SignatureError",
     "SignatureMissingError",
+    "UnknownDocumentError",
     "UnroutableError",
     "UnsafeXmlError",
     "WeakAlgorithmError",
@@ -134,3 +135,7 @@ class DuplicateEnvelopeError(InputError):
     def __init__(self, bus_id: str, message: str) -> None:
         self.bus_id = bus_id
         super().__init__(message)
+
+
+class UnknownDocumentError(InputError):
+    """The envelope concerns a document this axis never carried, and cannot be delivered without it."""

@@ -12,6 +12,7 @@ ids: duplicates are absorbed downstream instead of lost upstream. The broker and
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -21,14 +22,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from lxml import etree
 
 from bus.checks import VN_TZ
-from bus.delivery import AcceptedDocument
+from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import SignatureConfig, SigningKey, TrustStore, sign_tree, verify_tree
 from bus.envelope import ParsedEnvelope, check_tree
-from bus.errors import DuplicateEnvelopeError, ForgedSenderError
-from bus.model import DocumentEnvelope, StatusMessage
+from bus.errors import DuplicateEnvelopeError, ForgedSenderError, UnknownDocumentError
+from bus.model import BussinessDocType, DocumentEnvelope, StatusMessage
 from bus.organ_id import OrganId
 from bus.routing import Destination, route
 from bus.topology import Topology
@@ -47,10 +50,18 @@ class PublisherPort(Protocol):
 
 
 class StorePort(Protocol):
-    async def find_duplicate(self, document: AcceptedDocument) -> str | None: ...
-    async def record_accepted(
-        self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]]
-    ) -> bool: ...
+    async def begin_accept(
+        self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None
+    ) -> str | None: ...
+    async def confirm_accept(
+        self,
+        document: AcceptedDocument,
+        recipients: Sequence[str],
+        links: Sequence[tuple[TimelineEvent, str]] = (),
+        *,
+        business_status: tuple[str, Sequence[str], str] | None = None,
+    ) -> None: ...
+    async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,8 @@ class IntakePolicy:
 
     trust: TrustStore | None = None
     signed_senders: frozenset[str] = field(default_factory=frozenset)
+    # Agencies whose signing certificate is pinned: canonical OrganId -> SHA-256 of the DER certificate.
+    pinned: Mapping[str, bytes] = field(default_factory=dict)
     signatures: SignatureConfig = field(default_factory=SignatureConfig)
     limits: XmlLimits = DEFAULT_LIMITS
 
@@ -113,6 +126,7 @@ class Intake:
             if self._policy.trust is None:
                 raise ForgedSenderError(f"{sender} must sign, and this node has no trust store configured")
             verified = verify_tree(tree, self._policy.trust, self._policy.signatures)
+            self._check_signer(verified[0].signer, sender)
             # From here on, read only what the sender signed (trace headers are not part of it).
             parsed = check_tree(
                 parse_untrusted(verified[0].signed_xml, self._policy.limits),
@@ -122,10 +136,82 @@ class Intake:
                 raise ForgedSenderError("the signed envelope names another sender")
         return tree, parsed
 
-    def _recipients(self, message: DocumentEnvelope | StatusMessage) -> list[OrganId]:
+    def _check_signer(self, signer: x509.Certificate, sender: OrganId) -> None:
+        pin = self._policy.pinned.get(str(sender))
+        if pin is not None and signer.fingerprint(hashes.SHA256()) != pin:
+            raise ForgedSenderError(f"the envelope is signed with a certificate that is not {sender}'s")
+        uids = signer.subject.get_attributes_for_oid(NameOID.USER_ID)
+        if uids and str(uids[0].value) != str(sender):
+            raise ForgedSenderError(
+                f"the envelope is signed by {uids[0].value!s}, not by {sender} that sends it"
+            )
+
+    async def _links(
+        self, message: DocumentEnvelope | StatusMessage, sender: OrganId, bus_id: str, now: dt.datetime
+    ) -> _Links:
+        """What this envelope concerns: the document a status answers, or the one a revocation, update
+        or replacement changes; and who a take-back request (13) goes to."""
         if isinstance(message, StatusMessage):
-            return [message.response_for.organ_id]  # a status goes back to the document's sender
-        return [r.organ_id for r in message.recipients]
+            about = message.response_for
+            original = await self._store.original(str(about.organ_id), about.document_id)
+            code = message.status_code
+            detail = f"{code.value} {code.label}" + (
+                f": {message.description}" if message.description else ""
+            )
+            if about.organ_id == sender:
+                # The document's own sender: a take-back request (13) goes to its recipients.
+                if original is None:
+                    raise UnknownDocumentError(
+                        f"status {code.value} from {sender} concerns document {about.document_id!r}, "
+                        "which this axis never carried: nobody to send it to"
+                    )
+                related, recipients = original
+                event = TimelineEvent(
+                    related, None, DeliveryState.RELATED, now, f"{detail} (gói tin {bus_id})"
+                )
+                return _Links(
+                    related, [OrganId.parse(r) for r in recipients], [(event, f"{bus_id}|link")], None
+                )
+            if original is None:
+                return _Links(None, [about.organ_id], [], None)
+            related, recipients = original
+            codes = self._codes(sender)
+            recipient = next((r for r in recipients if r in codes), str(sender))
+            event = TimelineEvent(related, recipient, DeliveryState.STATUS, now, detail)
+            return _Links(
+                related, [about.organ_id], [(event, f"{bus_id}|link")], (related, codes, code.value)
+            )
+        addressed = [r.organ_id for r in message.recipients]
+        doc_type = message.business_type
+        if doc_type is BussinessDocType.NEW:
+            return _Links(None, addressed, [], None)
+        concerned = (
+            message.bussiness.document_id if message.bussiness and message.bussiness.document_id else None
+        )
+        targets = [concerned or message.document_id]
+        if message.bussiness is not None:
+            targets += [r.document_id for r in message.bussiness.replacements]
+        links: list[tuple[TimelineEvent, str]] = []
+        first: str | None = None
+        for target in dict.fromkeys(targets):
+            found = await self._store.original(str(sender), target)
+            if found is None or found[0] == bus_id:
+                continue
+            first = first or found[0]
+            number = f"{message.code.number}/{message.code.notation}"
+            detail = f"{_DOC_TYPE_LABELS[doc_type]}: văn bản {number} (gói tin {bus_id})"
+            links.append(
+                (
+                    TimelineEvent(found[0], None, DeliveryState.RELATED, now, detail),
+                    f"{bus_id}|link|{found[0]}",
+                )
+            )
+        return _Links(first, addressed, links, None)
+
+    def _codes(self, organ: OrganId) -> list[str]:
+        """An agency's code and its former codes (a delivery may be addressed to either)."""
+        agency = self._topology.agency(organ)
+        return [str(organ)] if agency is None else [str(agency.organ_id), *map(str, agency.aliases)]
 
     async def accept(self, body: bytes, *, sender: OrganId) -> Accepted:
         """Accept *body* from the authenticated *sender*; returns once every delivery is durable."""
@@ -151,7 +237,13 @@ class Intake:
         )
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)
-        if (earlier := await self._store.find_duplicate(record)) is not None:
+        links = await self._links(message, sender, bus_id, now)
+        destinations = tuple(route(self._topology, recipient) for recipient in links.recipients)
+        recipients = [str(d.addressed_to) for d in destinations]
+        earlier = await self._store.begin_accept(
+            record, [(str(d.addressed_to), d.kind.value) for d in destinations], related=links.related
+        )
+        if earlier is not None:
             raise DuplicateEnvelopeError(
                 earlier,
                 f"already accepted as {earlier}: same sender, DocumentId "
@@ -160,19 +252,39 @@ class Intake:
         append_trace(tree, str(self._node.organ_id), now)
         sign_tree(tree, self._node.key, self._node.certificate)
         out = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
-        destinations = tuple(route(self._topology, recipient) for recipient in self._recipients(message))
-        for destination in destinations:
-            recipient = str(destination.addressed_to)
-            await self._publisher.deliver(
-                destination.routing_key,
-                out,
-                message_id=f"{bus_id}|{recipient}",
-                headers={
-                    "x-bus-id": bus_id,
-                    "x-bus-sender": str(sender),
-                    "x-bus-recipient": recipient,
-                    "x-bus-kind": parsed.kind.value,
-                },
+        await asyncio.gather(
+            *(
+                self._publisher.deliver(
+                    destination.routing_key,
+                    out,
+                    message_id=f"{bus_id}|{recipient}",
+                    headers={
+                        "x-bus-id": bus_id,
+                        "x-bus-sender": str(sender),
+                        "x-bus-recipient": recipient,
+                        "x-bus-kind": parsed.kind.value,
+                        "x-bus-document-id": document_id,
+                    },
+                )
+                for destination, recipient in zip(destinations, recipients, strict=True)
             )
-        await self._store.record_accepted(record, [(str(d.addressed_to), d.kind.value) for d in destinations])
+        )
+        await self._store.confirm_accept(
+            record, recipients, links.links, business_status=links.business_status
+        )
         return Accepted(bus_id, document_id, destinations)
+
+
+@dataclass(frozen=True, slots=True)
+class _Links:
+    related: str | None
+    recipients: list[OrganId]
+    links: list[tuple[TimelineEvent, str]]
+    business_status: tuple[str, Sequence[str], str] | None
+
+
+_DOC_TYPE_LABELS = {
+    BussinessDocType.REVOCATION: "Thu hồi",
+    BussinessDocType.UPDATE: "Cập nhật",
+    BussinessDocType.REPLACEMENT: "Thay thế",
+}

@@ -1,15 +1,17 @@
 """Tables of the status store. Queries an operator runs often have an index (issue 5 lists 100,000
-documents); bodies are never stored here."""
+documents); document bodies live only in the inbox table, until the recipient has them."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -17,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["deliveries", "documents", "events", "metadata"]
+__all__ = ["deliveries", "documents", "events", "inbox", "metadata"]
 
 metadata = MetaData()
 
@@ -34,6 +36,11 @@ documents = Table(
     Column("accepted_at", DateTime(timezone=True), nullable=False),
     Column("envelope_sha256", String(64), nullable=False),
     Column("dedupe_key", String(400), nullable=False, unique=True),
+    # False between the intake's first write and the broker's confirms: a client retrying after a
+    # crash in between is published again, not told "duplicate" for something never delivered.
+    Column("confirmed", Boolean, nullable=False, default=False),
+    # The document a status message, revocation, update or replacement concerns.
+    Column("related_bus_id", String(36)),
     Index("ix_documents_document_id", "document_id"),
     Index("ix_documents_sender_accepted", "sender", "accepted_at"),
 )
@@ -46,6 +53,8 @@ deliveries = Table(
     Column("route", String(16), nullable=False),
     Column("state", String(32), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The last business status (01-06, 13, 15, 16) this recipient sent back about the document.
+    Column("business_status", String(2)),
     Index("ix_deliveries_recipient_state", "recipient", "state"),
 )
 
@@ -62,4 +71,27 @@ events = Table(
     Column("event_key", String(300), nullable=False),
     UniqueConstraint("event_key", name="uq_events_event_key"),
     Index("ix_events_bus_id", "bus_id", "id"),
+)
+
+# An agency's received envelopes, written by the inbox worker before it acknowledges the message.
+# ``message_id`` (``bus_id|recipient``) makes a redelivered message land once.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(100), nullable=False),
+    Column("agency", String(32), nullable=False),  # the receiving agency's current code
+    Column("addressed_to", String(32), nullable=False),  # as written in the envelope (maybe a former code)
+    Column("bus_id", String(36), nullable=False),
+    Column("sender", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("document_id", String(256), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("fetched_at", DateTime(timezone=True)),
+    Column("ack_state", String(16)),  # processing / done / fail, as the recipient acknowledged
+    Column("acked_at", DateTime(timezone=True)),
+    UniqueConstraint("message_id", name="uq_inbox_message_id"),
+    Index("ix_inbox_agency_id", "agency", "id"),
+    Index("ix_inbox_agency_ack", "agency", "ack_state", "id"),
 )

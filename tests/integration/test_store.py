@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import uuid
@@ -12,7 +13,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from adapters.store import StatusStore
+from adapters.store import InboxItem, StatusStore
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 
 pytestmark = pytest.mark.asyncio
@@ -110,3 +111,86 @@ async def test_find_by_document_id_or_bus_id(store: StatusStore) -> None:
     assert [r.bus_id for r in await store.find("000.00.02.H99,2026/11/21,77/STC-NS")] == [doc.bus_id]
     assert [r.document_id for r in await store.find(doc.bus_id)] == [doc.document_id]
     assert await store.find("không có") == []
+
+
+async def test_unconfirmed_document_is_not_a_duplicate_until_confirmed(store: StatusStore) -> None:
+    doc = _document()
+    routes = [("000.00.21.H99", "local")]
+    assert await store.begin_accept(doc, routes) is None
+    assert await store.find_duplicate(doc) is None  # the broker never confirmed: a retry goes on
+    assert await store.begin_accept(doc, routes) is None  # the retry (same bus id) is not refused
+    await store.confirm_accept(doc, ["000.00.21.H99"])
+    assert await store.begin_accept(doc, routes) == doc.bus_id
+    assert [e.state for e in await store.timeline(doc.bus_id)] == [DeliveryState.ACCEPTED]
+
+
+def _inbox_item(doc: AcceptedDocument, recipient: str, addressed_to: str | None = None) -> InboxItem:
+    return InboxItem(
+        id=0,
+        message_id=f"{doc.bus_id}|{addressed_to or recipient}",
+        agency=recipient,
+        addressed_to=addressed_to or recipient,
+        bus_id=doc.bus_id,
+        sender=doc.sender,
+        kind=doc.kind,
+        document_id=doc.document_id,
+        received_at=T0 + dt.timedelta(seconds=1),
+        body="<edXML>Ủy ban nhân dân</edXML>".encode(),
+    )
+
+
+async def test_inbox_fetch_and_acknowledge_write_the_timeline_once(store: StatusStore) -> None:
+    doc = _document()
+    await store.record_accepted(doc, [("000.01.21.H99", "local"), ("000.04.21.H99", "local")])
+    assert await store.store_inbox(_inbox_item(doc, "000.01.21.H99"))
+    assert not await store.store_inbox(_inbox_item(doc, "000.01.21.H99"))  # redelivered: nothing new
+    # A former code (alias) lands in the merged agency's inbox, tracked under the code it was sent to.
+    assert await store.store_inbox(_inbox_item(doc, "000.03.21.H99", addressed_to="000.04.21.H99"))
+    [item] = await store.inbox("000.01.21.H99")
+    assert item.body is None  # listing never carries bodies
+    assert await store.fetch("000.03.21.H99", item.id, T0) is None  # another agency's envelope
+    fetched = await store.fetch("000.01.21.H99", item.id, T0 + dt.timedelta(seconds=2))
+    assert fetched is not None
+    assert fetched.body == "<edXML>Ủy ban nhân dân</edXML>".encode()
+    again = await store.fetch("000.01.21.H99", item.id, T0 + dt.timedelta(seconds=9))
+    assert again is not None
+    assert again.fetched_at == T0 + dt.timedelta(seconds=2)  # the first fetch counts
+    acked = await store.acknowledge(
+        "000.01.21.H99", item.id, DeliveryState.DONE, T0 + dt.timedelta(seconds=3)
+    )
+    assert acked is not None
+    assert acked.ack_state == "done"
+    assert await store.inbox("000.01.21.H99", pending_only=True) == []
+    assert await store.inbox_counts() == {"000.03.21.H99": 1}
+    states = [(e.recipient, e.state) for e in await store.timeline(doc.bus_id)]
+    assert states == [
+        ("000.01.21.H99", DeliveryState.ACCEPTED),
+        ("000.04.21.H99", DeliveryState.ACCEPTED),
+        ("000.01.21.H99", DeliveryState.QUEUED),
+        ("000.04.21.H99", DeliveryState.QUEUED),
+        ("000.01.21.H99", DeliveryState.FETCHED),
+        ("000.01.21.H99", DeliveryState.DONE),
+    ]
+    by_recipient = {d.recipient: d.state for d in await store.deliveries(doc.bus_id)}
+    assert by_recipient == {"000.01.21.H99": DeliveryState.DONE, "000.04.21.H99": DeliveryState.QUEUED}
+
+
+async def test_a_late_event_never_moves_a_delivery_back(store: StatusStore) -> None:
+    doc = _document()
+    await store.record_accepted(doc, [("000.01.21.H99", "local")])
+    late = T0 + dt.timedelta(minutes=5)
+    await store.record(TimelineEvent(doc.bus_id, "000.01.21.H99", DeliveryState.DONE, late), key="done")
+    await store.record(TimelineEvent(doc.bus_id, "000.01.21.H99", DeliveryState.QUEUED, late), key="queued")
+    [delivery] = await store.deliveries(doc.bus_id)
+    assert delivery.state is DeliveryState.DONE
+
+
+async def test_sent_lists_documents_with_their_recipients_state(store: StatusStore) -> None:
+    older = _document(document_id="000.00.00.H99,2026/11/19,1/UBND")
+    newer = dataclasses.replace(_document(), accepted_at=T0 + dt.timedelta(hours=1))
+    await store.record_accepted(older, [("000.00.21.H99", "local")])
+    await store.record_accepted(newer, [("000.00.22.H99", "local"), ("000.00.00.G22", "outbound")])
+    sent = await store.sent("000.00.00.H99")
+    assert [doc.bus_id for doc, _ in sent] == [newer.bus_id, older.bus_id]
+    assert [d.recipient for d in sent[0][1]] == ["000.00.00.G22", "000.00.22.H99"]
+    assert await store.sent("000.00.21.H99") == []

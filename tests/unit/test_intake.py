@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 from lxml import etree
 
-from bus.delivery import AcceptedDocument
+from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import TrustStore, sign_tree, verify_tree
 from bus.errors import (
     BrokerError,
@@ -17,9 +17,11 @@ from bus.errors import (
     EnvelopeInvalidError,
     ForgedSenderError,
     SignatureMissingError,
+    UnknownDocumentError,
 )
 from bus.intake import Intake, IntakePolicy, NodeIdentity
 from bus.organ_id import OrganId
+from bus.pki import issue_certificate
 from bus.routing import DestinationKind
 from bus.topology import Topology, load_topology
 from bus.xmlparse import parse_untrusted
@@ -44,19 +46,42 @@ class FakePublisher:
 
 
 class FakeStore:
+    """The store port in memory: documents are pending until confirmed, like the real one."""
+
     def __init__(self) -> None:
+        self.pending: dict[str, tuple[AcceptedDocument, list[tuple[str, str]], str | None]] = {}
         self.accepted: dict[str, tuple[AcceptedDocument, list[tuple[str, str]]]] = {}
+        self.links: list[tuple[TimelineEvent, str]] = []
+        self.business_status: list[tuple[str, Sequence[str], str]] = []
 
-    async def find_duplicate(self, document: AcceptedDocument) -> str | None:
-        return next(
-            (bus_id for bus_id, (d, _) in self.accepted.items() if d.dedupe_key == document.dedupe_key), None
-        )
+    async def begin_accept(
+        self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None
+    ) -> str | None:
+        for bus_id, (earlier, _) in self.accepted.items():
+            if earlier.dedupe_key == document.dedupe_key:
+                return bus_id
+        self.pending.setdefault(document.bus_id, (document, list(recipients), related))
+        return None
 
-    async def record_accepted(
-        self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]]
-    ) -> bool:
-        self.accepted[document.bus_id] = (document, list(recipients))
-        return True
+    async def confirm_accept(
+        self,
+        document: AcceptedDocument,
+        recipients: Sequence[str],
+        links: Sequence[tuple[TimelineEvent, str]] = (),
+        *,
+        business_status: tuple[str, Sequence[str], str] | None = None,
+    ) -> None:
+        stored, routes, _ = self.pending.pop(document.bus_id)
+        self.accepted[document.bus_id] = (stored, routes)
+        self.links += links
+        if business_status is not None:
+            self.business_status.append(business_status)
+
+    async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None:
+        for bus_id, (doc, routes) in self.accepted.items():
+            if doc.kind == "document" and doc.sender == sender and doc.document_id == document_id:
+                return bus_id, [recipient for recipient, _ in routes]
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +157,7 @@ async def test_retry_after_a_broker_failure_reuses_the_bus_id(
     with pytest.raises(BrokerError):
         await _intake(topology, pki, failing, store).accept(document_bytes, sender=PROVINCE)
     assert store.accepted == {}  # not accepted: the client must retry
+    assert len(store.pending) == 1  # ... and its retry is published again, not called a duplicate
     publisher = FakePublisher()
     accepted = await _intake(topology, pki, publisher, store).accept(document_bytes, sender=PROVINCE)
     again = await _intake(topology, pki, FakePublisher(), FakeStore()).accept(document_bytes, sender=PROVINCE)
@@ -175,3 +201,91 @@ async def test_signature_required_by_policy(topology: Topology, pki: Pki, docume
     # The sender's signature and the bus's both verify on what the recipient receives.
     results = verify_tree(parse_untrusted(publisher.sent[0][1]), trust)
     assert [r.signer for r in results] == [pki.rsa.certificate, pki.ec.certificate]
+
+
+DOCUMENT_ID = "000.00.00.H99,2026/11/20,1234/UBND-KGVX"
+
+
+async def test_status_lands_on_the_documents_timeline_for_that_recipient(
+    topology: Topology, pki: Pki, document_bytes: bytes, status_bytes: bytes
+) -> None:
+    store = FakeStore()
+    document = await _intake(topology, pki, FakePublisher(), store).accept(document_bytes, sender=PROVINCE)
+    status = await _intake(topology, pki, FakePublisher(), store).accept(
+        status_bytes, sender=OrganId.parse("000.00.21.H99")
+    )
+    [(event, key)] = store.links
+    assert event.bus_id == document.bus_id
+    assert event.recipient == "000.00.21.H99"
+    assert event.state is DeliveryState.STATUS
+    assert event.detail is not None
+    assert event.detail.startswith("03 ")
+    assert key == f"{status.bus_id}|link"
+    assert store.business_status == [(document.bus_id, ["000.00.21.H99"], "03")]
+    assert store.accepted[status.bus_id][0].kind == "status"
+
+
+def _status_from_sender(status_bytes: bytes, code: str) -> bytes:
+    """The example status turned into one the document's own sender sends (13: take back)."""
+    data = status_bytes.replace(b"<edXML:StatusCode>03<", f"<edXML:StatusCode>{code}<".encode())
+    tree = parse_untrusted(data)
+    tree.find(q("edXMLEnvelope/edXMLHeader/MessageHeader/From/OrganId")).text = str(PROVINCE)  # type: ignore[union-attr]
+    return etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+
+
+async def test_take_back_request_goes_to_the_documents_recipients(
+    topology: Topology, pki: Pki, document_bytes: bytes, status_bytes: bytes
+) -> None:
+    take_back = _status_from_sender(status_bytes, "13")
+    store, publisher = FakeStore(), FakePublisher()
+    intake = _intake(topology, pki, publisher, store)
+    with pytest.raises(UnknownDocumentError, match="never carried"):
+        await intake.accept(take_back, sender=PROVINCE)  # before the document: nobody to send it to
+    assert publisher.sent == []
+    document = await intake.accept(document_bytes, sender=PROVINCE)
+    request = await intake.accept(take_back, sender=PROVINCE)
+    assert [str(d.addressed_to) for d in request.destinations] == ["000.00.21.H99", "000.01.21.H99"]
+    [(event, _)] = store.links
+    assert (event.bus_id, event.state) == (document.bus_id, DeliveryState.RELATED)
+    assert event.detail is not None
+    assert event.detail.startswith("13 ")
+
+
+async def test_revocation_is_linked_to_the_document_it_revokes(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    store = FakeStore()
+    intake = _intake(topology, pki, FakePublisher(), store)
+    original = await intake.accept(document_bytes, sender=PROVINCE)
+    revoke = f"<edXML:DocumentId>{DOCUMENT_ID}</edXML:DocumentId><edXML:BussinessDocType>1<"
+    data = document_bytes.replace(b"<edXML:BussinessDocType>0<", revoke.encode()).replace(
+        "Văn bản điện tử mới".encode(), "Thu hồi do ban hành nhầm".encode()
+    )
+    assert data != document_bytes
+    revocation = await intake.accept(data, sender=PROVINCE)
+    assert revocation.bus_id != original.bus_id  # same DocumentId, other business type: not a duplicate
+    [(event, _)] = store.links
+    assert (event.bus_id, event.state) == (original.bus_id, DeliveryState.RELATED)
+    assert event.detail is not None
+    assert event.detail.startswith("Thu hồi")
+
+
+async def test_signature_by_another_agencys_certificate_is_forged(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    tree = parse_untrusted(document_bytes)
+    finance = issue_certificate(pki.ca, "Sở Tài chính", "000.00.02.H99")  # same CA, another agency
+    sign_tree(tree, finance.key, finance.certificate)
+    signed = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+    publisher = FakePublisher()
+    intake = _intake(
+        topology,
+        pki,
+        publisher,
+        FakeStore(),
+        trust=TrustStore([pki.ca.certificate]),
+        signed_senders=frozenset({str(PROVINCE)}),
+    )
+    with pytest.raises(ForgedSenderError, match=r"signed by 000\.00\.02\.H99"):
+        await intake.accept(signed, sender=PROVINCE)
+    assert publisher.sent == []
