@@ -1,7 +1,8 @@
 """The ``bus`` command.
 
-Exit status: 0 success, 1 the input is bad (problems on stderr with element path and line), 2 usage
-or configuration error. Output for scripts goes to stdout, one line per file; diagnostics to stderr.
+Exit status: 0 success, 1 the input is bad (problems on stderr with element path and line), 2 usage,
+configuration or connection error. Output for scripts goes to stdout, one line per file; diagnostics
+to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from lxml import etree
 
 from bus.checks import sender_text
+from bus.cli_service import add_commands
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
 from bus.envelope import check_tree, read_envelope
 from bus.errors import BusError, ConfigError, EnvelopeInvalidError, InputError
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     pki_init.add_argument("--out", required=True, type=Path)
     pki_init.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
     pki_init.set_defaults(handler=cmd_pki_init)
+
+    add_commands(commands)
     return parser
 
 
@@ -155,9 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE
-    except BusError as exc:  # pragma: no cover - every BusError is one of the two above
+    except BusError as exc:  # the broker or another service is unavailable
         _err(f"error: {exc}")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@ status, then acknowledge the message" survives a crash between the two without l
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Insert, func, select, update
+from sqlalchemy import Insert, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from adapters.store.tables import deliveries, documents, events, inbox, metadata
+from adapters.store.tables import deliveries, documents, events, inbox, metadata, nonces
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.errors import ConfigError
 
@@ -120,8 +121,11 @@ class StatusStore:
         return cls(create_async_engine(url, **engine_options))
 
     async def create_schema(self) -> None:
-        """Create missing tables (idempotent)."""
+        """Create missing tables (idempotent, and safe when several processes start at once)."""
         async with self._engine.begin() as conn:
+            if self._engine.dialect.name == "postgresql":
+                # CREATE TABLE IF NOT EXISTS races between processes on PostgreSQL; serialise them.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242017)"))
             await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
@@ -437,3 +441,16 @@ class StatusStore:
                 .group_by(inbox.c.agency)
             )
             return {agency: count for agency, count in rows}
+
+    # -- request nonces ------------------------------------------------------------------------------
+
+    async def remember_nonce(self, agency: str, nonce: str, at: dt.datetime, *, keep: dt.timedelta) -> bool:
+        """True the first time *agency* uses *nonce*; False for a replay. Forgets nonces older than
+        *keep* (their timestamps are outside the window, so the signature check refuses them anyway)."""
+        async with self._engine.begin() as conn:
+            inserted = await conn.execute(
+                self._insert_ignoring_duplicates(nonces).values(agency=agency, nonce=nonce, seen_at=at)
+            )
+            if inserted.rowcount and secrets.randbelow(100) == 0:
+                await conn.execute(delete(nonces).where(nonces.c.seen_at < at - keep))
+            return bool(inserted.rowcount)

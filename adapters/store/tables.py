@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["deliveries", "documents", "events", "inbox", "metadata"]
+__all__ = ["deliveries", "documents", "events", "inbox", "metadata", "nonces"]
 
 metadata = MetaData()
 
@@ -94,4 +94,15 @@ inbox = Table(
     UniqueConstraint("message_id", name="uq_inbox_message_id"),
     Index("ix_inbox_agency_id", "agency", "id"),
     Index("ix_inbox_agency_ack", "agency", "ack_state", "id"),
+)
+
+# Nonces of signed API requests seen inside the timestamp window: a replayed request is refused by
+# every gateway process, since they share this table.
+nonces = Table(
+    "request_nonces",
+    metadata,
+    Column("agency", String(32), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Index("ix_request_nonces_seen_at", "seen_at"),
 )

@@ -1,0 +1,404 @@
+"""The agency HTTP API (ASGI, Starlette), modelled on the national axis's operations.
+
+Every ``/v1`` route but the OpenAPI document is signed per agency (:mod:`bus.auth`). An agency sends
+only as itself and reads only its own inbox. Errors are JSON::
+
+    {"error": {"code": "invalid-envelope", "message": "...", "problems": [...]}}
+
+with 400 (every validation problem at once), 401 (not authenticated), 403 (not allowed), 404, 409
+(duplicate, with the earlier bus id), 413 (body too large), 415, 503 (broker unavailable: retry).
+"202 Accepted" is answered only after RabbitMQ confirmed every delivery of the envelope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from adapters.http.openapi import openapi_document
+from adapters.store.store import DeliveryRow, InboxItem, StatusStore
+from bus.auth import AuthError, body_digest, read_headers, verify_request
+from bus.delivery import AcceptedDocument, DeliveryState
+from bus.errors import (
+    BrokerError,
+    DuplicateEnvelopeError,
+    EnvelopeInvalidError,
+    ForgedSenderError,
+    InputError,
+    MalformedXmlError,
+    SignatureError,
+    UnknownDocumentError,
+    UnsafeXmlError,
+)
+from bus.intake import Intake
+from bus.organ_id import OrganId
+from bus.topology import Topology
+
+__all__ = ["ApiContext", "create_app"]
+
+log = structlog.get_logger("bus.api")
+
+_XML_TYPES = ("application/xml", "text/xml", "application/octet-stream")
+_ACKS = {"processing": DeliveryState.PROCESSING, "done": DeliveryState.DONE, "fail": DeliveryState.FAIL}
+
+
+@dataclass
+class ApiContext:
+    topology: Topology
+    intake: Intake
+    store: StatusStore
+    secrets: Mapping[str, bytes]  # an agency's current code -> its shared secret
+    max_body_bytes: int = 64 * 1024 * 1024
+    clock_skew_s: int = 300
+    clock: Callable[[], float] = time.time
+    accepted: int = field(default=0, init=False)  # envelopes answered 202 by this process
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+        super().__init__(message)
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers=headers)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _target(request: Request) -> str:
+    """The request target as the client sent it (raw path and query), which the signature covers."""
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode("utf-8")
+    query: bytes = request.scope.get("query_string", b"")
+    return (raw_path + (b"?" + query if query else b"")).decode("latin-1")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too-large", f"the body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too-large", f"the body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client-disconnected", "the client went away before the body arrived") from None
+    return b"".join(chunks)
+
+
+class _Api:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    async def authenticate(self, request: Request) -> tuple[OrganId, bytes]:
+        """The authenticated agency and the request body (read within the size limit)."""
+        ctx = self.ctx
+        try:
+            signed = read_headers(request.headers)
+            try:
+                organ = OrganId.parse(signed.agency)
+            except InputError:
+                raise AuthError("unknown-agency", f"X-Bus-Agency {signed.agency!r} is no OrganId") from None
+            agency = ctx.topology.agency(organ)
+            secret = ctx.secrets.get(str(agency.organ_id)) if agency is not None else None
+            if agency is None or secret is None or agency.organ_id != organ:
+                raise AuthError(
+                    "unknown-agency",
+                    f"{signed.agency} has no API access on this axis (sign with the agency's current code)",
+                )
+            now = ctx.clock()
+            verify_request(signed, secret, request.method, _target(request), now=now, skew_s=ctx.clock_skew_s)
+            body = await _read_body(request, ctx.max_body_bytes)
+            if body_digest(body) != signed.content_sha256:
+                raise AuthError("body-digest-mismatch", "X-Bus-Content-SHA256 is not the SHA-256 of the body")
+            first = await ctx.store.remember_nonce(
+                str(organ),
+                signed.nonce,
+                dt.datetime.fromtimestamp(now, dt.UTC),
+                keep=dt.timedelta(seconds=2 * ctx.clock_skew_s),
+            )
+            if not first:
+                raise AuthError("replayed-request", "this request (its nonce) was already received")
+        except AuthError as exc:
+            raise ApiError(401, exc.code, str(exc)) from None
+        return organ, body
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    async def send(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "application/xml").split(";")[0].strip()
+        if content_type not in _XML_TYPES:
+            raise ApiError(
+                415, "unsupported-media-type", f"send the envelope as application/xml, not {content_type}"
+            )
+        sender, body = await self.authenticate(request)
+        try:
+            accepted = await self.ctx.intake.accept(body, sender=sender)
+        except EnvelopeInvalidError as exc:
+            problems = [dataclasses.asdict(p) for p in exc.problems]
+            raise ApiError(400, "invalid-envelope", str(exc), problems=problems) from None
+        except DuplicateEnvelopeError as exc:
+            raise ApiError(409, "duplicate", str(exc), bus_id=exc.bus_id) from None
+        except ForgedSenderError as exc:
+            raise ApiError(403, "forged-sender", str(exc)) from None
+        except UnsafeXmlError as exc:
+            status = 413 if "exceeds the limit" in str(exc) else 400
+            raise ApiError(status, "too-large" if status == 413 else "unsafe-xml", str(exc)) from None
+        except MalformedXmlError as exc:
+            raise ApiError(400, "malformed-xml", str(exc)) from None
+        except SignatureError as exc:
+            raise ApiError(400, "signature-invalid", str(exc)) from None
+        except UnknownDocumentError as exc:
+            raise ApiError(400, "unknown-document", str(exc)) from None
+        except InputError as exc:
+            raise ApiError(400, "invalid-input", str(exc)) from None
+        except BrokerError as exc:
+            log.error("send.broker_unavailable", sender=str(sender), error=str(exc))
+            raise ApiError(503, "broker-unavailable", "the envelope was NOT accepted: retry later") from None
+        self.ctx.accepted += 1
+        log.info(
+            "send.accepted",
+            bus_id=accepted.bus_id,
+            document_id=accepted.document_id,
+            sender=str(sender),
+            recipients=[str(d.addressed_to) for d in accepted.destinations],
+        )
+        return JSONResponse(
+            {
+                "bus_id": accepted.bus_id,
+                "document_id": accepted.document_id,
+                "recipients": [
+                    {"organ_id": str(d.addressed_to), "route": d.kind.value} for d in accepted.destinations
+                ],
+            },
+            202,
+        )
+
+    async def inbox(self, request: Request) -> Response:
+        agency, _ = await self.authenticate(request)
+        params = request.query_params
+        try:
+            after = int(params.get("after", "0"))
+            limit = min(int(params.get("limit", "100")), 1000)
+        except ValueError:
+            raise ApiError(400, "bad-parameter", "after and limit must be integers") from None
+        pending = params.get("pending", "true").lower() not in ("false", "0", "no")
+        items = await self.ctx.store.inbox(str(agency), pending_only=pending, after=after, limit=limit)
+        return JSONResponse({"items": [_item_json(i) for i in items]})
+
+    def _item_id(self, request: Request) -> int:
+        raw = request.path_params["item_id"]
+        if not raw.isdigit():
+            raise ApiError(404, "not-found", f"no envelope {raw!r}")
+        return int(raw)
+
+    async def fetch(self, request: Request) -> Response:
+        agency, _ = await self.authenticate(request)
+        item_id = self._item_id(request)
+        now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
+        item = await self.ctx.store.fetch(str(agency), item_id, now)
+        if item is None or item.body is None:
+            raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
+        log.info("inbox.fetched", bus_id=item.bus_id, document_id=item.document_id, recipient=str(agency))
+        return Response(
+            item.body,
+            200,
+            media_type="application/xml; charset=utf-8",
+            headers={
+                "X-Bus-Id": item.bus_id,
+                "X-Bus-Inbox-Id": str(item.id),
+                "X-Bus-Sender": item.sender,
+                "X-Bus-Kind": item.kind,
+            },
+        )
+
+    async def acknowledge(self, request: Request) -> Response:
+        agency, body = await self.authenticate(request)
+        item_id = self._item_id(request)
+        try:
+            payload = _json_object(body)
+            state = _ACKS[str(payload.get("state"))]
+        except (ValueError, KeyError):
+            raise ApiError(
+                400, "bad-acknowledgement", 'send {"state": "processing" | "done" | "fail", "reason": "..."}'
+            ) from None
+        reason = payload.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ApiError(400, "bad-acknowledgement", "reason must be text")
+        if state is DeliveryState.FAIL and not reason:
+            raise ApiError(400, "bad-acknowledgement", "a 'fail' acknowledgement needs a reason")
+        now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
+        item = await self.ctx.store.acknowledge(str(agency), item_id, state, now, reason)
+        if item is None:
+            raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
+        log.info("inbox.acknowledged", bus_id=item.bus_id, recipient=str(agency), state=state.value)
+        return JSONResponse(_item_json(item))
+
+    async def sent(self, request: Request) -> Response:
+        agency, _ = await self.authenticate(request)
+        try:
+            limit = min(int(request.query_params.get("limit", "50")), 500)
+            before_text = request.query_params.get("before")
+            before = dt.datetime.fromisoformat(before_text) if before_text else None
+        except ValueError:
+            raise ApiError(
+                400, "bad-parameter", "limit must be an integer, before an ISO 8601 time"
+            ) from None
+        documents = await self.ctx.store.sent(str(agency), before=before, limit=limit)
+        return JSONResponse({"documents": [_sent_json(doc, rows) for doc, rows in documents]})
+
+    async def document(self, request: Request) -> Response:
+        agency, _ = await self.authenticate(request)
+        bus_id = request.path_params["bus_id"]
+        doc = await self.ctx.store.document(bus_id)
+        if doc is None:
+            raise ApiError(404, "not-found", f"no document {bus_id}")
+        rows = await self.ctx.store.deliveries(bus_id)
+        mine = self.ctx.topology.agency(agency)
+        codes = {str(agency), *(str(a) for a in (mine.aliases if mine else ()))}
+        if doc.sender != str(agency) and not codes & {r.recipient for r in rows}:
+            raise ApiError(403, "forbidden", f"{agency} neither sent nor received document {bus_id}")
+        timeline = await self.ctx.store.timeline(bus_id)
+        return JSONResponse(
+            {
+                **_sent_json(doc, rows),
+                "timeline": [
+                    {
+                        "recipient": e.recipient,
+                        "state": e.state.value,
+                        "label": e.state.label,
+                        "at": _iso(e.at),
+                        "detail": e.detail,
+                    }
+                    for e in timeline
+                ],
+            }
+        )
+
+    async def agencies(self, request: Request) -> Response:
+        await self.authenticate(request)
+        return JSONResponse(
+            {
+                "province": self.ctx.topology.province,
+                "agencies": [
+                    {
+                        "organ_id": str(a.organ_id),
+                        "name": a.name,
+                        "level": a.level.value,
+                        "parent": str(a.parent) if a.parent else None,
+                        "aliases": [str(x) for x in a.aliases],
+                    }
+                    for a in self.ctx.topology.agencies
+                ],
+            }
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    value = json.loads(body.decode("utf-8")) if body else {}
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+def _item_json(item: InboxItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "bus_id": item.bus_id,
+        "sender": item.sender,
+        "kind": item.kind,
+        "document_id": item.document_id,
+        "addressed_to": item.addressed_to,
+        "received_at": _iso(item.received_at),
+        "fetched_at": _iso(item.fetched_at),
+        "ack_state": item.ack_state,
+        "acked_at": _iso(item.acked_at),
+    }
+
+
+def _sent_json(doc: AcceptedDocument, rows: list[DeliveryRow]) -> dict[str, Any]:
+    return {
+        "bus_id": doc.bus_id,
+        "kind": doc.kind,
+        "sender": doc.sender,
+        "document_id": doc.document_id,
+        "business_type": doc.business_type,
+        "code": doc.code,
+        "subject": doc.subject,
+        "accepted_at": _iso(doc.accepted_at),
+        "recipients": [
+            {
+                "organ_id": r.recipient,
+                "route": r.route,
+                "state": r.state.value,
+                "label": r.state.label,
+                "business_status": r.business_status,
+                "updated_at": _iso(r.updated_at),
+            }
+            for r in rows
+        ],
+    }
+
+
+def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message, **exc.extra)
+        except HTTPException:
+            raise
+        except Exception:
+            log.exception("api.internal_error", path=request.url.path, method=request.method)
+            return _error(500, "internal", "internal error; the request had no effect unless a 202 was sent")
+
+    return run
+
+
+def create_app(ctx: ApiContext) -> Starlette:
+    api = _Api(ctx)
+    routes = [
+        Route("/v1/envelopes", _guarded(api.send), methods=["POST"]),
+        Route("/v1/inbox", _guarded(api.inbox), methods=["GET"]),
+        Route("/v1/inbox/{item_id}", _guarded(api.fetch), methods=["GET"]),
+        Route("/v1/inbox/{item_id}/ack", _guarded(api.acknowledge), methods=["POST"]),
+        Route("/v1/sent", _guarded(api.sent), methods=["GET"]),
+        Route("/v1/documents/{bus_id}", _guarded(api.document), methods=["GET"]),
+        Route("/v1/agencies", _guarded(api.agencies), methods=["GET"]),
+        Route("/v1/openapi.json", api.openapi, methods=["GET"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        code = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
+        return _error(status, code, f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}")
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+    app.state.ctx = ctx
+    return app

@@ -1,0 +1,136 @@
+"""The inbox worker: agency queues → the agencies' inboxes in the status store.
+
+For each message: write it to the store (the envelope, its ``queued`` event, in one transaction), and
+only then acknowledge it to RabbitMQ. A crash between the two redelivers the message, and the store's
+unique message id absorbs the repeat: nothing lost, nothing twice. Several ``bus serve`` processes
+consume the same queues; RabbitMQ gives each message to one of them at a time.
+
+A message the worker cannot use (headers missing: not published by a bus) goes to the dead-letter
+queue with the reason. When the store is down, the worker holds the message (unacknowledged, so still
+safe in RabbitMQ) and retries the write with back-off; it never acknowledges what it has not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from adapters.rabbitmq.names import BrokerNames
+from adapters.rabbitmq.publisher import Publisher
+from adapters.store.store import InboxItem
+from bus.topology import Agency, Topology
+
+__all__ = ["InboxStorePort", "InboxWorker"]
+
+log = structlog.get_logger("bus.inbox")
+
+_REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind", "x-bus-document-id")
+
+
+class InboxStorePort(Protocol):
+    async def store_inbox(self, item: InboxItem) -> bool: ...
+
+
+class InboxWorker:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        names: BrokerNames,
+        store: InboxStorePort,
+        publisher: Publisher,
+        *,
+        store_retry_s: float = 2.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._channel = channel
+        self._topology = topology
+        self._names = names
+        self._store = store
+        self._publisher = publisher
+        self._store_retry_s = store_retry_s
+        self._clock = clock
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self.stored = 0  # envelopes written by this worker (repeats not counted)
+
+    async def start(self) -> None:
+        """Consume every agency's inbox queue (declared beforehand by :func:`declare_topology`)."""
+        for agency in self._topology.agencies:
+            queue = await self._channel.get_queue(self._names.inbox(agency.organ_id), ensure=False)
+            tag = await queue.consume(self._handler(agency, queue.name))
+            self._consumers.append((queue, tag))
+
+    async def stop(self) -> None:
+        """Stop taking new messages; unacknowledged ones go back to their queues with the channel."""
+        for queue, tag in self._consumers:
+            await queue.cancel(tag)
+        self._consumers.clear()
+
+    async def _write(self, item: InboxItem) -> bool:
+        # The message stays unacknowledged (safe in its queue) while the store is down. Requeueing it
+        # instead would count towards the quorum queue's delivery limit and dead-letter a good envelope.
+        delay = self._store_retry_s
+        while True:
+            try:
+                return await self._store.store_inbox(item)
+            except Exception as exc:
+                log.error(
+                    "inbox.store_failed",
+                    bus_id=item.bus_id,
+                    document_id=item.document_id,
+                    recipient=item.addressed_to,
+                    error=type(exc).__name__,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _handler(self, agency: Agency, queue_name: str):  # type: ignore[no-untyped-def]
+        async def handle(message: AbstractIncomingMessage) -> None:
+            await self._handle(agency, queue_name, message)
+
+        return handle
+
+    async def _handle(self, agency: Agency, queue_name: str, message: AbstractIncomingMessage) -> None:
+        headers = {k: v for k, v in (message.headers or {}).items() if isinstance(v, str | bytes)}
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in headers.items()}
+        missing = [name for name in _REQUIRED if not text.get(name)]
+        if missing or not message.message_id:
+            reason = f"not a bus message: missing {', '.join(missing) or 'message id'}"
+            log.warning("inbox.poison", queue=queue_name, reason=reason, message_id=message.message_id)
+            await self._publisher.dead_letter(
+                message.body,
+                message_id=message.message_id or "(none)",
+                reason=reason,
+                source_queue=queue_name,
+            )
+            await message.ack()
+            return
+        item = InboxItem(
+            id=0,
+            message_id=message.message_id,
+            agency=str(agency.organ_id),
+            addressed_to=text["x-bus-recipient"],
+            bus_id=text["x-bus-id"],
+            sender=text["x-bus-sender"],
+            kind=text["x-bus-kind"],
+            document_id=text["x-bus-document-id"],
+            received_at=self._clock(),
+            body=message.body,
+        )
+        added = await self._write(item)
+        await message.ack()
+        if added:
+            self.stored += 1
+            log.info(
+                "inbox.queued",
+                bus_id=item.bus_id,
+                document_id=item.document_id,
+                sender=item.sender,
+                recipient=item.addressed_to,
+            )

@@ -1,0 +1,203 @@
+"""One ``bus serve`` process: the broker, the store, the intake, the inbox worker and the HTTP API.
+
+Processes are stateless: run several against the same RabbitMQ and database and they share the work
+(RabbitMQ gives each inbox message to one consumer; the store's unique keys absorb any repeat). Start-up
+is idempotent: the broker topology and the tables are declared every time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aio_pika
+import structlog
+import uvicorn
+from aio_pika.abc import AbstractRobustConnection
+from cryptography.hazmat.primitives import hashes
+
+from adapters.http import ApiContext, create_app
+from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
+from adapters.rabbitmq.inbox import InboxWorker
+from adapters.store import StatusStore
+from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
+from bus.errors import BrokerError, ConfigError
+from bus.intake import Intake, IntakePolicy, NodeIdentity
+from bus.settings import Settings
+from bus.xmlparse import XmlLimits
+
+__all__ = ["Node", "intake_policy", "node_identity"]
+
+log = structlog.get_logger("bus.node")
+
+
+def node_identity(settings: Settings) -> NodeIdentity:
+    node = settings.node
+    if node.key is None or node.certificate is None:
+        raise ConfigError(
+            "node.key and node.certificate must name the bus's signing key and certificate "
+            "(for development: bus pki init --topology FILE --out DIR)"
+        )
+    key = load_private_key(settings.path(node.key))
+    certificates = load_certificates(settings.path(node.certificate))
+    if not certificates:
+        raise ConfigError(f"{node.certificate}: no certificate in the file")
+    return NodeIdentity(node.organ_id, key, certificates[0])
+
+
+def intake_policy(settings: Settings) -> IntakePolicy:
+    trust = (
+        TrustStore.from_pem_files([settings.path(p) for p in settings.node.trust])
+        if settings.node.trust
+        else None
+    )
+    signed = frozenset(str(a.organ_id) for a in settings.agencies if a.require_signature)
+    if signed and trust is None:
+        raise ConfigError(
+            f"agencies {', '.join(sorted(signed))} must sign, "
+            "but node.trust names no CA to check their signatures against"
+        )
+    pinned = {}
+    for agency in settings.agencies:
+        if agency.certificate is not None:
+            [cert, *_] = load_certificates(settings.path(agency.certificate))
+            pinned[str(agency.organ_id)] = cert.fingerprint(hashes.SHA256())
+    return IntakePolicy(
+        trust=trust,
+        signed_senders=signed,
+        pinned=pinned,
+        signatures=SignatureConfig(
+            sha1_senders=frozenset(str(a.organ_id) for a in settings.agencies if a.allow_sha1)
+        ),
+        limits=XmlLimits(max_bytes=settings.http.max_body_bytes),
+    )
+
+
+@dataclass
+class Node:
+    settings: Settings
+    store: StatusStore
+    connection: AbstractRobustConnection
+    intake: Intake
+    api: ApiContext
+    worker: InboxWorker | None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, workers: bool = True) -> Node:
+        """Connect, declare, and start consuming (with *workers*). Raises ConfigError or BrokerError."""
+        identity = node_identity(settings)
+        policy = intake_policy(settings)
+        topology = settings.topology
+        store = StatusStore.connect(settings.database.url)
+        try:
+            await store.create_schema()
+        except Exception as exc:
+            await store.close()
+            raise ConfigError(f"cannot open the status store {settings.database.url}: {exc}") from exc
+        try:
+            connection = await aio_pika.connect_robust(settings.amqp.url, timeout=15)
+        except Exception as exc:
+            await store.close()
+            raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(settings.amqp.url)}: {exc}") from exc
+        names = BrokerNames(settings.amqp.prefix)
+        declare = await connection.channel()
+        await declare_topology(declare, topology, names)
+        await declare.close()
+        publisher = Publisher(await open_channel(connection), names, timeout=settings.amqp.publish_timeout_s)
+        intake = Intake(topology, identity, publisher, store, policy)
+        secrets = {str(a.organ_id): s for a in settings.agencies if (s := settings.secret_of(a)) is not None}
+        api = ApiContext(
+            topology,
+            intake,
+            store,
+            secrets,
+            max_body_bytes=settings.http.max_body_bytes,
+            clock_skew_s=settings.http.clock_skew_s,
+        )
+        worker = None
+        if workers:
+            consume = await connection.channel()
+            await consume.set_qos(prefetch_count=settings.amqp.prefetch)
+            # Dead letters of poison messages go through a confirming channel of their own.
+            worker = InboxWorker(
+                consume, topology, names, store, Publisher(await open_channel(connection), names)
+            )
+            await worker.start()
+        log.info(
+            "node.started",
+            node=str(settings.node.organ_id),
+            agencies=len(settings.agencies),
+            prefix=names.prefix,
+            workers=workers,
+        )
+        return cls(settings, store, connection, intake, api, worker)
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            with contextlib.suppress(Exception):
+                await self.worker.stop()
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        await self.store.close()
+        log.info("node.stopped")
+
+    async def serve(self, *, http: bool = True) -> None:
+        """Run the HTTP API (and the workers started with the node) until SIGTERM or SIGINT."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = None
+        tasks: list[asyncio.Task[None]] = []
+        if http:
+            config = uvicorn.Config(
+                create_app(self.api),
+                host=self.settings.http.host,
+                port=self.settings.http.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=10,
+            )
+            server = _Server(config)
+            tasks.append(asyncio.create_task(server.serve()))
+            log.info("http.listening", host=self.settings.http.host, port=self.settings.http.port)
+        waiter = asyncio.create_task(_wait(stop))
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        log.info("node.stopping")
+        if self.worker is not None:
+            await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
+        if server is not None:
+            server.should_exit = True
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await task
+        waiter.cancel()
+        for task in done:
+            if task is not waiter and (error := task.exception()) is not None:
+                raise error
+
+
+async def _wait(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the node owns SIGTERM/SIGINT and stops in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (logged and printed)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
