@@ -33,7 +33,7 @@ from bus.envelope import ParsedEnvelope, check_tree
 from bus.errors import DuplicateEnvelopeError, ForgedSenderError, UnknownDocumentError
 from bus.model import BussinessDocType, DocumentEnvelope, StatusMessage
 from bus.organ_id import OrganId
-from bus.routing import Destination, route
+from bus.routing import Destination, DestinationKind, route
 from bus.topology import Topology
 from bus.trace import append_trace
 from bus.xmlparse import DEFAULT_LIMITS, XmlLimits, parse_untrusted
@@ -269,8 +269,16 @@ class Intake:
                 for destination, recipient in zip(destinations, recipients, strict=True)
             )
         )
+        outbound = [
+            (
+                TimelineEvent(bus_id, recipient, DeliveryState.QUEUED, now, "chờ chuyển lên trục quốc gia"),
+                f"{bus_id}|{recipient}|queued",
+            )
+            for destination, recipient in zip(destinations, recipients, strict=True)
+            if destination.kind is DestinationKind.OUTBOUND
+        ]
         await self._store.confirm_accept(
-            record, recipients, links.links, business_status=links.business_status
+            record, recipients, [*links.links, *outbound], business_status=links.business_status
         )
         return Accepted(bus_id, document_id, destinations)
 

@@ -61,7 +61,9 @@ class InboxWorker:
     async def start(self) -> None:
         """Consume every agency's inbox queue (declared beforehand by :func:`declare_topology`)."""
         for agency in self._topology.agencies:
-            queue = await self._channel.get_queue(self._names.inbox(agency.organ_id), ensure=False)
+            # Declared (passively) rather than looked up: a robust channel re-creates only the queues
+            # declared through it, and with them their consumers, after the broker comes back.
+            queue = await self._channel.declare_queue(self._names.inbox(agency.organ_id), passive=True)
             tag = await queue.consume(self._handler(agency, queue.name))
             self._consumers.append((queue, tag))
 

@@ -212,7 +212,8 @@ class StatusStore:
                     key=f"{document.bus_id}|{recipient}|accepted",
                 )
             for event, key in links:
-                await self._event(conn, event, key=key)
+                if await self._event(conn, event, key=key) and event.recipient is not None:
+                    await self._advance(conn, event)
             if business_status is not None:
                 related, codes, code = business_status
                 await conn.execute(
