@@ -23,6 +23,7 @@ from bus.checks import VN_TZ
 from bus.client import AgencyClient, ApiFailure
 from bus.errors import ConfigError
 from bus.logs import configure_logging
+from bus.model import StatusCode
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
 
@@ -222,6 +223,15 @@ async def document_status(settings: Settings, document_id: str) -> list[dict[str
         await store.close()
 
 
+def _business(code: str | None) -> str:
+    if not code:
+        return "-"
+    try:
+        return f"{code} {StatusCode(code).label}"
+    except ValueError:
+        return code
+
+
 def render_status(documents: list[dict[str, Any]]) -> str:
     blocks = []
     for doc in documents:
@@ -236,7 +246,7 @@ def render_status(documents: list[dict[str, Any]]) -> str:
                 r["name"],
                 r["route"],
                 r["label"],
-                r["business_status"] or "-",
+                _business(r["business_status"]),
                 _local(r["updated_at"]),
             ]
             for r in doc["recipients"]

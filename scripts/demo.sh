@@ -1,55 +1,115 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: a development PKI for the example province, then the
-# example envelopes validated, signed by their sending agency, passed through three hops, verified,
-# and a tampered copy refused. Real samples from ../shared/interop are validated when present.
+# The main job, end to end on this machine: the example province's exchange axis running on a local
+# RabbitMQ. Documents go province -> district -> commune, commune -> province and province -> every
+# commune of a district; recipients pull their inboxes and the district sends statuses 03 and 06 back;
+# the status table shows each recipient's state. Before that, the offline checks: validation, signing,
+# three hops and tamper detection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+./scripts/services.sh >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
 out=demo-out
+config=config/example-province.toml
 rm -rf "$out"; mkdir -p "$out"
 
 step() { printf '\n== %s\n' "$*"; }
+sender_of() {
+  python -c 'import sys; from lxml import etree; from bus.checks import sender_text; \
+    print(sender_text(etree.parse(sys.argv[1]).getroot()))' "$1"
+}
 
 step "1. Development PKI for the example province (fresh keys)"
-bus pki init --topology config/example-province.toml --out "$out/pki"
+bus pki init --topology "$config" --out "$out/pki"
 
 step "2. Validate the example envelopes (schema + business checks)"
 bus validate examples/*.edxml
 
 step "3. Sign each envelope as its sending agency"
 for file in examples/*.edxml; do
-  sender=$(python -c 'import sys; from lxml import etree; from bus.checks import sender_text; \
-    print(sender_text(etree.parse(sys.argv[1]).getroot()))' "$file")
+  sender=$(sender_of "$file")
   bus sign --key "$out/pki/nodes/$sender.key" --cert "$out/pki/nodes/$sender.pem" \
     "$file" -o "$out/$(basename "$file" .edxml).signed.edxml"
 done
 
 step "4. Three hops append their trace headers; the sender's signature must still verify"
+mkdir -p "$out/hops"
 python - "$out" <<'PY'
 import sys
 from pathlib import Path
 from lxml import etree
 from bus.trace import append_trace
-for path in sorted(Path(sys.argv[1]).glob("*.signed.edxml")):
+out = Path(sys.argv[1])
+for path in sorted(out.glob("*.signed.edxml")):
     tree = etree.parse(str(path))
     for hop in ("000.00.90.H99", "000.00.00.G22", "000.00.90.H98"):
         append_trace(tree, hop)
-    path.write_bytes(etree.tostring(tree, encoding="UTF-8", xml_declaration=True))
-    print(f"{path}: 3 trace headers appended")
+    target = out / "hops" / path.name
+    target.write_bytes(etree.tostring(tree, encoding="UTF-8", xml_declaration=True))
+    print(f"{target}: 3 trace headers appended")
 PY
-bus verify --ca "$out/pki/ca.pem" "$out"/*.signed.edxml
+bus verify --ca "$out/pki/ca.pem" "$out"/hops/*.signed.edxml
 
 step "5. A tampered envelope is refused (exit status 1 expected)"
-first=$(ls "$out"/*.signed.edxml | head -n 1)
+first=$(ls "$out"/hops/*.signed.edxml | head -n 1)
 sed 's/<edXML:Subject>/<edXML:Subject>[ĐÃ SỬA] /' "$first" > "$out/tampered.edxml"
 if bus verify --ca "$out/pki/ca.pem" "$out/tampered.edxml"; then
   echo "DEMO FAILED: a tampered envelope verified"; exit 1
 fi
 echo "refused, as it must be"
 
+step "6. Start the bus: bus serve --config $config (log: $out/serve.log)"
+bus serve --config "$config" --json-logs >"$out/serve.log" 2>&1 &
+serve_pid=$!
+trap 'kill "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null || true' EXIT
+url="http://127.0.0.1:8080"
+for _ in $(seq 1 60); do
+  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
+  kill -0 "$serve_pid" 2>/dev/null || { echo "bus serve exited:"; cat "$out/serve.log"; exit 1; }
+  sleep 0.5
+done
+curl -fsS "$url/healthz" >/dev/null || { echo "bus serve did not start:"; cat "$out/serve.log"; exit 1; }
+echo "bus serve is up on $url (OpenAPI: $url/v1/openapi.json)"
+
+send() {  # send AGENCY FILE -> prints the bus id
+  local id; id=$(bus send --config "$config" --as "$1" "$2")
+  printf '%s sent %s -> bus id %s\n' "$1" "$(basename "$2")" "$id" >&2
+  echo "$id"
+}
+signed() { echo "$out/$(basename "$1" .edxml).signed.edxml"; }
+
+step "7. Province -> district and commune (signed: the People's Committee must sign)"
+send 000.00.00.H99 "$(signed examples/cong-van-tinh-gui-huyen-xa.edxml)" >/dev/null
+step "8. District -> its communes, commune -> province, province -> every commune of Đồng Xuân"
+send 000.00.21.H99 examples/huyen-chuyen-xa.edxml >/dev/null
+send 000.01.21.H99 examples/xa-gui-tinh.edxml >/dev/null
+send 000.00.00.H99 "$(signed examples/tinh-gui-cac-xa-huyen-dong-xuan.edxml)" >/dev/null
+echo "sending the first document again (must be refused as a duplicate, exit status 1):"
+if bus send --config "$config" --as 000.00.00.H99 "$(signed examples/cong-van-tinh-gui-huyen-xa.edxml)"; then
+  echo "DEMO FAILED: a duplicate was accepted"; exit 1
+fi
+sleep 1
+
+step "9. Recipients pull their inboxes (fetch, then acknowledge)"
+bus inbox --config "$config" --as 000.01.21.H99 --fetch "$out/inbox/xuan-phuoc" --ack done
+bus inbox --config "$config" --as 000.03.21.H99 --fetch "$out/inbox/xuan-lanh" --ack processing
+bus inbox --config "$config" --as 000.00.21.H99 --fetch "$out/inbox/dong-xuan" --ack done
+echo "what Xuân Phước received verifies (the province's signature and the bus's):"
+bus verify --ca "$out/pki/ca.pem" "$out"/inbox/xuan-phuoc/*.edxml
+
+step "10. The district answers the province: status 03 (registered), then 06 (completed)"
+send 000.00.21.H99 examples/trang-thai-03-huyen-gui-tinh.edxml >/dev/null
+send 000.00.21.H99 examples/trang-thai-06-huyen-gui-tinh.edxml >/dev/null
+sleep 1
+bus inbox --config "$config" --as 000.00.00.H99 --fetch "$out/inbox/tinh" --ack done
+
+step "11. Delivery status, per recipient"
+bus status --config "$config" "000.00.00.H99,2026/11/20,1234/UBND-KGVX"
+echo
+bus status --config "$config" "000.00.00.H99,2026/11/23,1250/UBND-NC"
+
 if [ -d ../shared/interop ]; then
-  step "6. Real envelopes from ../shared/interop (see README: which pass and why not)"
+  step "12. Real envelopes from ../shared/interop (see README: which pass and why not)"
   bus validate ../shared/interop/*/*.edxml 2>&1 || true
 fi
-printf '\nDemo finished: outputs in %s/\n' "$out"
+printf '\nDemo finished: outputs in %s/ (bus serve stops now)\n' "$out"

@@ -361,6 +361,11 @@ class StatusStore:
             )
             if not inserted.rowcount:
                 return False
+            known = await conn.execute(select(documents.c.bus_id).where(documents.c.bus_id == item.bus_id))
+            if known.first() is None:
+                # A message whose document this store never recorded (a database restored from an
+                # older backup, say): the recipient still gets it; there is no timeline to write on.
+                return True
             event = TimelineEvent(item.bus_id, item.addressed_to, DeliveryState.QUEUED, item.received_at)
             if await self._event(conn, event, key=f"{item.message_id}|queued"):
                 await self._advance(conn, event)

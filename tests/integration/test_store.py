@@ -194,3 +194,11 @@ async def test_sent_lists_documents_with_their_recipients_state(store: StatusSto
     assert [doc.bus_id for doc, _ in sent] == [newer.bus_id, older.bus_id]
     assert [d.recipient for d in sent[0][1]] == ["000.00.00.G22", "000.00.22.H99"]
     assert await store.sent("000.00.21.H99") == []
+
+
+async def test_inbox_keeps_a_message_whose_document_the_store_never_saw(store: StatusStore) -> None:
+    stranger = _document()  # never recorded: the event table's foreign key must not block the inbox
+    assert await store.store_inbox(_inbox_item(stranger, "000.01.21.H99"))
+    [item] = await store.inbox("000.01.21.H99")
+    assert item.bus_id == stranger.bus_id
+    assert await store.timeline(stranger.bus_id) == []
