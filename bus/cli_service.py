@@ -73,7 +73,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             await node.stop()
 
-    asyncio.run(run())
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
     return EXIT_OK
 
 

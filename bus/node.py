@@ -91,7 +91,7 @@ class Node:
         identity = node_identity(settings)
         policy = intake_policy(settings)
         topology = settings.topology
-        store = StatusStore.connect(settings.database.url)
+        store = StatusStore.connect(settings.database.url, pool_size=settings.database.pool_size)
         try:
             await store.create_schema()
         except Exception as exc:

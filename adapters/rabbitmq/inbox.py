@@ -13,8 +13,10 @@ safe in RabbitMQ) and retries the write with back-off; it never acknowledges wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -33,7 +35,7 @@ _REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind", "x-bus
 
 
 class InboxStorePort(Protocol):
-    async def store_inbox(self, item: InboxItem) -> bool: ...
+    async def store_inbox_many(self, items: Sequence[InboxItem]) -> list[bool]: ...
 
 
 class InboxWorker:
@@ -56,10 +58,13 @@ class InboxWorker:
         self._store_retry_s = store_retry_s
         self._clock = clock
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._pending: asyncio.Queue[tuple[InboxItem, AbstractIncomingMessage]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
         self.stored = 0  # envelopes written by this worker (repeats not counted)
 
     async def start(self) -> None:
         """Consume every agency's inbox queue (declared beforehand by :func:`declare_topology`)."""
+        self._writer = asyncio.create_task(self._write_batches())
         for agency in self._topology.agencies:
             # Declared (passively) rather than looked up: a robust channel re-creates only the queues
             # declared through it, and with them their consumers, after the broker comes back.
@@ -67,32 +72,67 @@ class InboxWorker:
             tag = await queue.consume(self._handler(agency, queue.name))
             self._consumers.append((queue, tag))
 
-    async def stop(self) -> None:
-        """Stop taking new messages; unacknowledged ones go back to their queues with the channel."""
+    async def stop(self, *, drain_s: float = 5.0) -> None:
+        """Stop taking new messages and write what was taken (for up to *drain_s*); anything left
+        unacknowledged goes back to its queue when the channel closes."""
         for queue, tag in self._consumers:
             await queue.cancel(tag)
         self._consumers.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pending.join(), drain_s)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
 
-    async def _write(self, item: InboxItem) -> bool:
-        # The message stays unacknowledged (safe in its queue) while the store is down. Requeueing it
-        # instead would count towards the quorum queue's delivery limit and dead-letter a good envelope.
+    async def _write_batches(self, limit: int = 200) -> None:
+        """Write what the consumers took in batches (one transaction for many messages under load,
+        one for a single message when traffic is light), then acknowledge each message."""
+        while True:
+            batch = [await self._pending.get()]
+            while len(batch) < limit and not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            now = self._clock()  # one time per batch: its timeline writes group into few statements
+            batch = [(dataclasses.replace(item, received_at=now), message) for item, message in batch]
+            added = await self._write([item for item, _ in batch])
+            for (item, message), new in zip(batch, added, strict=True):
+                self._pending.task_done()
+                try:
+                    await message.ack()
+                except Exception as exc:  # the channel died: the broker redelivers, the store absorbs it
+                    log.warning("inbox.ack_failed", bus_id=item.bus_id, error=type(exc).__name__)
+                if new:
+                    self.stored += 1
+                    log.info(
+                        "inbox.queued",
+                        bus_id=item.bus_id,
+                        document_id=item.document_id,
+                        sender=item.sender,
+                        recipient=item.addressed_to,
+                    )
+
+    async def _write(self, items: list[InboxItem]) -> list[bool]:
+        # The messages stay unacknowledged (safe in their queues) while the store is down. Requeueing
+        # them instead would count towards the quorum queue's delivery limit and dead-letter good mail.
         delay = self._store_retry_s
         while True:
             try:
-                return await self._store.store_inbox(item)
+                return await self._store.store_inbox_many(items)
             except Exception as exc:
                 log.error(
                     "inbox.store_failed",
-                    bus_id=item.bus_id,
-                    document_id=item.document_id,
-                    recipient=item.addressed_to,
+                    messages=len(items),
+                    bus_ids=sorted({i.bus_id for i in items})[:5],
                     error=type(exc).__name__,
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _handler(self, agency: Agency, queue_name: str):  # type: ignore[no-untyped-def]
+    def _handler(
+        self, agency: Agency, queue_name: str
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def handle(message: AbstractIncomingMessage) -> None:
             await self._handle(agency, queue_name, message)
 
@@ -125,14 +165,4 @@ class InboxWorker:
             received_at=self._clock(),
             body=message.body,
         )
-        added = await self._write(item)
-        await message.ack()
-        if added:
-            self.stored += 1
-            log.info(
-                "inbox.queued",
-                bus_id=item.bus_id,
-                document_id=item.document_id,
-                sender=item.sender,
-                recipient=item.addressed_to,
-            )
+        await self._pending.put((item, message))

@@ -1,0 +1,286 @@
+"""End to end: envelopes per second and latency from HTTP push to recipient pull, beside a raw
+aio-pika publish-with-confirm / consume-with-ack loop on the same broker, in the same run.
+
+Not a test. Run ``.venv/bin/python -m bench.bench_e2e`` (RabbitMQ and PostgreSQL up: scripts/services.sh)
+and copy the table into docs/performance.md.
+
+* **bus, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus serve`` processes over HTTP
+  (the province must sign, so each signature is verified, then traced and countersigned); recipients
+  pull as agency systems do (list, fetch, acknowledge). Latency: push sent → fetched by the recipient.
+* **bus, fan-out 50**: each envelope to 50 communes of one district; latency per delivery.
+* **raw aio-pika**: the same 8 KB bodies published with confirms to a quorum queue and consumed with
+  acks (one queue; for the fan-out row, a fanout exchange to 50 quorum queues). Latency: publish →
+  delivered to the consumer. This is the floor the bus is built on: no HTTP, parsing, signatures or
+  database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+from lxml import etree
+
+from bus.client import AgencyClient
+from bus.dsig import load_certificates, load_private_key, sign_tree
+from bus.pki import init_pki
+from bus.settings import load_settings
+from bus.xmlparse import parse_untrusted
+from tests.factory import make_document
+from tests.integration.conftest import delete_broker_objects
+from tests.integration.processes import ServeProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP_URL = os.environ.get("BUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+PG_ADMIN = os.environ.get("BUS_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/bus_test")
+PROVINCE = "000.00.00.H99"
+
+
+@dataclass
+class Run:
+    label: str
+    envelopes: int
+    deliveries: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.envelopes / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _bench_province(communes: int) -> str:
+    """The example province plus a district with *communes* communes (for the fan-out row)."""
+    text = (ROOT / "config" / "example-province.toml").read_text(encoding="utf-8")
+    extra = []
+    extra.append(
+        '\n[[agencies]]\norgan_id = "000.00.40.H99"\nname = "Ủy ban nhân dân huyện Thử Tải"\n'
+        'level = "district"\nparent = "000.00.00.H99"\nsecret = "demo-only-000.00.40.H99"\n'
+    )
+    for n in range(1, communes + 1):
+        extra.append(
+            f'\n[[agencies]]\norgan_id = "000.{n:02d}.40.H99"\nname = "Ủy ban nhân dân xã Thử Tải {n}"\n'
+            f'level = "commune"\nparent = "000.00.40.H99"\nsecret = "demo-only-000.{n:02d}.40.H99"\n'
+        )
+    head, sep, services = text.partition("# Services of this node")
+    return head + "".join(extra) + "\n" + sep + services
+
+
+def _signed_envelopes(pki: Path, count: int, recipients: list[list[str]], size: int, tag: str) -> list[bytes]:
+    key = load_private_key(pki / "nodes" / f"{PROVINCE}.key")
+    [cert] = load_certificates(pki / "nodes" / f"{PROVINCE}.pem")
+    out = []
+    for n in range(count):
+        body = make_document(PROVINCE, recipients[n % len(recipients)], n + 1, notation=tag, padding=size)
+        tree = parse_untrusted(body)
+        sign_tree(tree, key, cert)
+        out.append(etree.tostring(tree, encoding="UTF-8", xml_declaration=True))
+    return out
+
+
+async def bus_run(
+    label: str,
+    servers: list[ServeProcess],
+    pki: Path,
+    recipients: list[list[str]],
+    count: int,
+    concurrency: int,
+) -> Run:
+    tag = f"B{uuid.uuid4().hex[:6]}"
+    envelopes = _signed_envelopes(pki, count, recipients, 6000, tag)
+    pushed: dict[str, float] = {}
+    latencies: list[float] = []
+    agencies = sorted({r for group in recipients for r in group})
+    expected = sum(len(recipients[n % len(recipients)]) for n in range(count))
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=concurrency + len(agencies))
+    senders = [AgencyClient(s.url, PROVINCE, f"demo-only-{PROVINCE}".encode(), timeout=60) for s in servers]
+    for sender in senders:
+        sender._http = httpx.AsyncClient(base_url=sender._http.base_url, timeout=60, limits=limits)
+
+    async def pusher(queue: asyncio.Queue[tuple[int, bytes]]) -> None:
+        while not queue.empty():
+            n, body = queue.get_nowait()
+            pushed[f"{PROVINCE},2026/11/20,{n + 1}/{tag}"] = time.perf_counter()
+            await senders[n % len(senders)].send(body, retries=5, backoff_s=0.2)
+
+    async def puller(agency: str, index: int) -> None:
+        client = AgencyClient(
+            servers[index % len(servers)].url, agency, f"demo-only-{agency}".encode(), timeout=60
+        )
+        try:
+            while not done.is_set():
+                items = await client.inbox(limit=200)
+                if not items:
+                    await asyncio.sleep(0.01)
+                    continue
+                for item in items:
+                    await client.fetch(int(item["id"]))
+                    latencies.append((time.perf_counter() - pushed[str(item["document_id"])]) * 1000)
+                    await client.acknowledge(int(item["id"]), "done")
+                if len(latencies) >= expected:
+                    done.set()
+        finally:
+            await client.aclose()
+
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for n, body in enumerate(envelopes):
+        queue.put_nowait((n, body))
+    started = time.perf_counter()
+    pullers = [asyncio.create_task(puller(a, i)) for i, a in enumerate(agencies)]
+    await asyncio.gather(*(pusher(queue) for _ in range(concurrency)))
+    await asyncio.wait_for(done.wait(), timeout=600)
+    seconds = time.perf_counter() - started
+    for task in pullers:
+        await task
+    for sender in senders:
+        await sender.aclose()
+    print(f"  {label}: {count} envelopes in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return Run(label, count, expected, seconds, latencies)
+
+
+async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
+    """Publish *count* 8 KB messages with confirms (``concurrency`` in flight) and consume with acks."""
+    body = os.urandom(8000)
+    prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    publish_channel = await connection.channel(publisher_confirms=True)
+    consume_channel = await connection.channel()
+    await consume_channel.set_qos(prefetch_count=64)
+    exchange = await publish_channel.declare_exchange(prefix, aio_pika.ExchangeType.FANOUT, durable=True)
+    names = [f"{prefix}.{i}" for i in range(queues)]
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    expected = count * queues
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        latencies.append((time.perf_counter() - sent[str(message.message_id)]) * 1000)
+        await message.ack()
+        if len(latencies) >= expected:
+            done.set()
+
+    for name in names:
+        queue = await consume_channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        await queue.bind(prefix)
+        await queue.consume(on_message)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def publish(n: int) -> None:
+        async with gate:
+            message_id = f"{prefix}-{n}"
+            sent[message_id] = time.perf_counter()
+            await exchange.publish(
+                aio_pika.Message(body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key="",
+                mandatory=True,
+            )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(publish(n) for n in range(count)))
+    await asyncio.wait_for(done.wait(), timeout=600)
+    seconds = time.perf_counter() - started
+    for name in names:
+        await consume_channel.queue_delete(name)
+    await publish_channel.exchange_delete(prefix)
+    await connection.close()
+    print(f"  {label}: {count} messages in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return Run(label, count, expected, seconds, latencies)
+
+
+async def main(args: argparse.Namespace) -> list[Run]:
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    config_text = _bench_province(50)
+    settings_file = work / "province.toml"
+    pki = work / "pki"
+    settings_file.write_text(config_text.replace("../demo-out/pki", str(pki)), encoding="utf-8")
+    init_pki(load_settings(settings_file).topology, pki, progress=lambda _l: None)
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = f"{base}/{database}" if args.database == "postgresql" else f"sqlite+aiosqlite:///{work / 'bus.db'}"
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    text = settings_file.read_text(encoding="utf-8")
+    text = text.replace('prefix = "bus"', f'prefix = "{prefix}"')
+    text = text.replace('url = "sqlite+aiosqlite:///demo-out/bus.db"', f'url = "{url}"')
+    settings_file.write_text(text, encoding="utf-8")
+    servers = [
+        ServeProcess(settings_file, free_port(), work / f"serve-{i}.log") for i in range(args.processes)
+    ]
+    for server in servers:
+        server.start()
+    for server in servers:
+        await server.wait_ready()
+    runs: list[Run] = []
+    try:
+        local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
+        communes = [[f"000.{n:02d}.40.H99" for n in range(1, 51)]]
+        await bus_run("warm-up", servers, pki, local, 50, args.concurrency)
+        for concurrency in (1, args.concurrency):
+            n = args.envelopes if concurrency > 1 else args.envelopes // 4
+            runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
+            runs.append(
+                await bus_run(
+                    f"bus, 8 KB signed, {concurrency} in flight", servers, pki, local, n, concurrency
+                )
+            )
+        c = args.concurrency
+        runs.append(await raw_run(f"raw aio-pika, fan-out 50, {c} in flight", args.fanout, 50, c))
+        runs.append(await bus_run(f"bus, fan-out 50, {c} in flight", servers, pki, communes, args.fanout, c))
+    finally:
+        for server in servers:
+            server.stop()
+        await delete_broker_objects(load_settings(settings_file))
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+    return runs
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> None:
+    cpu = platform.processor() or platform.machine()
+    rabbit = subprocess.run(
+        ["rabbitmqctl", "version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    print(
+        f"\n{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, RabbitMQ {rabbit or '?'}, "
+        f"store {args.database}, {args.processes} bus serve process(es); load generator on the same machine\n"
+    )
+    print("| run | envelopes | deliveries | envelopes/s | deliveries/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        print(
+            f"| {run.label} | {run.envelopes} | {run.deliveries} | {run.rate:.0f} | "
+            f"{run.deliveries / run.seconds:.0f} | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} |"
+        )
+    print()
+    for raw, bus in zip(runs[::2], runs[1::2], strict=True):
+        ratio = (bus.deliveries / bus.seconds) / (raw.deliveries / raw.seconds)
+        print(f"- {bus.label}: {ratio:.0%} of the raw loop's delivery rate")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envelopes", type=int, default=2000)
+    parser.add_argument("--fanout", type=int, default=40, help="envelopes in the fan-out run")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--processes", type=int, default=1, help="bus serve processes")
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
+    arguments = parser.parse_args()
+    report(asyncio.run(main(arguments)), arguments)
