@@ -130,10 +130,11 @@ async def bus_run(
                 if not items:
                     await asyncio.sleep(0.01)
                     continue
+
                 for item in items:
-                    await client.fetch(int(item["id"]))
+                    await client.fetch(int(str(item["id"])))
                     latencies.append((time.perf_counter() - pushed[str(item["document_id"])]) * 1000)
-                    await client.acknowledge(int(item["id"]), "done")
+                    await client.acknowledge(int(str(item["id"])), "done")
                 if len(latencies) >= expected:
                     done.set()
         finally:
@@ -145,8 +146,15 @@ async def bus_run(
     started = time.perf_counter()
     pullers = [asyncio.create_task(puller(a, i)) for i, a in enumerate(agencies)]
     await asyncio.gather(*(pusher(queue) for _ in range(concurrency)))
-    await asyncio.wait_for(done.wait(), timeout=600)
+    waiter = asyncio.create_task(done.wait())
+    await asyncio.wait([waiter, *pullers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
     seconds = time.perf_counter() - started
+    if not done.is_set():  # a puller failed (its exception is raised here) or time ran out
+        done.set()
+        for task in pullers:
+            if task.done():
+                task.result()
+        raise TimeoutError(f"{label}: only {len(latencies)} of {expected} deliveries pulled")
     for task in pullers:
         await task
     for sender in senders:
