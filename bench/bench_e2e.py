@@ -201,13 +201,16 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
             )
 
     started = time.perf_counter()
-    await asyncio.gather(*(publish(n) for n in range(count)))
-    await asyncio.wait_for(done.wait(), timeout=600)
-    seconds = time.perf_counter() - started
-    for name in names:
-        await consume_channel.queue_delete(name)
-    await publish_channel.exchange_delete(prefix)
-    await connection.close()
+    try:
+        await asyncio.gather(*(publish(n) for n in range(count)))
+        await asyncio.wait_for(done.wait(), timeout=600)
+        seconds = time.perf_counter() - started
+    finally:
+        cleanup = await connection.channel()
+        for name in names:
+            await cleanup.queue_delete(name)
+        await cleanup.exchange_delete(prefix)
+        await connection.close()
     print(f"  {label}: {count} messages in {seconds:.1f} s", file=sys.stderr, flush=True)
     return Run(label, count, expected, seconds, latencies)
 
