@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from adapters.rabbitmq import RETRY_DELAYS_MS, BrokerNames, declare_topology, open_channel
 from bus.pki import init_pki
 from bus.settings import Settings, load_settings
-from bus.topology import Topology, load_topology
+from bus.topology import Agency, Topology, load_topology
 from tests.conftest import ROOT
 
 AMQP_URL = os.environ.get("BUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -52,17 +52,24 @@ async def names(connection: AbstractRobustConnection, topology: Topology) -> Asy
     await declare_topology(channel, topology, names, retry_delays=TEST_RETRY_DELAYS)
     yield names
     cleanup = await connection.channel()
+    await _delete_declared(cleanup, names, topology.agencies, TEST_RETRY_DELAYS)
+    await cleanup.close()
+
+
+async def _delete_declared(
+    channel: AbstractChannel, names: BrokerNames, agencies: Sequence[Agency], delays: Sequence[int]
+) -> None:
+    """Delete every queue and exchange :func:`declare_topology` made under *names*."""
     queues = [
         names.dead_letter_queue,
         names.outbound_queue,
-        *(names.retry_queue(names.outbound_queue, d) for d in TEST_RETRY_DELAYS),
-        *(names.inbox(a.organ_id) for a in topology.agencies),
+        *(names.retry_queue(names.outbound_queue, d) for d in delays),
+        *(names.inbox(a.organ_id) for a in agencies),
     ]
     for queue in queues:
-        await cleanup.queue_delete(queue)
+        await channel.queue_delete(queue)
     for exchange in (names.deliver_exchange, names.dead_letter_exchange):
-        await cleanup.exchange_delete(exchange)
-    await cleanup.close()
+        await channel.exchange_delete(exchange)
 
 
 @pytest_asyncio.fixture
@@ -117,19 +124,9 @@ async def fresh_database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
 
 async def delete_broker_objects(settings: Settings) -> None:
     """Remove every queue and exchange a node declared under its prefix."""
-    names = BrokerNames(settings.amqp.prefix)
     connection = await aio_pika.connect(settings.amqp.url, timeout=10)
     channel = await connection.channel()
-    queues = [
-        names.dead_letter_queue,
-        names.outbound_queue,
-        *(names.retry_queue(names.outbound_queue, d) for d in RETRY_DELAYS_MS),
-        *(names.inbox(a.organ_id) for a in settings.agencies),
-    ]
-    for queue in queues:
-        await channel.queue_delete(queue)
-    for exchange in (names.deliver_exchange, names.dead_letter_exchange):
-        await channel.exchange_delete(exchange)
+    await _delete_declared(channel, BrokerNames(settings.amqp.prefix), settings.agencies, RETRY_DELAYS_MS)
     await connection.close()
 
 

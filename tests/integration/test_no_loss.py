@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
@@ -121,9 +121,14 @@ async def _drained(settings: Settings, dsn: str, result: StreamResult, within_s:
     assert set(depths.values()) == {0}, depths
 
 
-async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
-    province: tuple[Settings, str], tmp_path: Path
-) -> None:
+async def _stream_through(
+    province: tuple[Settings, str],
+    tmp_path: Path,
+    seed: int,
+    disrupt: Callable[[ServeProcess], Awaitable[None]],
+) -> tuple[StreamResult, ServeProcess]:
+    """Stream ENVELOPES through one ``bus serve``; when a third is accepted, run *disrupt* while the
+    stream goes on; then check that nothing was lost or duplicated."""
     settings, dsn = province
     server = ServeProcess(settings.base_dir / "province.toml", free_port(), tmp_path / "serve.log")
     server.start()
@@ -134,24 +139,36 @@ async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         if accepted >= ENVELOPES // 3:
             trigger.set()
 
-    async def killer() -> None:
+    async def disruption() -> None:
         await trigger.wait()
+        await disrupt(server)
+
+    clients = _clients(server.url)
+    task = asyncio.create_task(disruption())
+    try:
+        result = await stream_envelopes(clients, _stream(seed), concurrency=16, on_progress=progress)
+        await task
+        assert len(result.accepted) == ENVELOPES
+        await _drained(settings, dsn, result)
+    finally:
+        if not task.done():
+            task.cancel()
+        for client in clients:
+            await client.aclose()
+        server.stop()
+    return result, server
+
+
+async def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    province: tuple[Settings, str], tmp_path: Path
+) -> None:
+    async def kill_and_restart(server: ServeProcess) -> None:
         server.kill()
         await asyncio.sleep(1.0)
         server.start()  # the same command an operator's supervisor runs
 
-    clients = _clients(server.url)
-    kill_task = asyncio.create_task(killer())
-    try:
-        result = await stream_envelopes(clients, _stream(1), concurrency=16, on_progress=progress)
-        await kill_task
-        assert len(result.accepted) == ENVELOPES
-        assert result.transport_errors > 0  # the kill really cut requests off mid-stream
-        await _drained(settings, dsn, result)
-    finally:
-        for client in clients:
-            await client.aclose()
-        server.stop()
+    result, server = await _stream_through(province, tmp_path, 1, kill_and_restart)
+    assert result.transport_errors > 0  # the kill really cut requests off mid-stream
     assert len(server.events("node.started")) == 2
 
 
@@ -195,37 +212,16 @@ async def test_broker_restart_mid_stream_loses_nothing(
 ) -> None:
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not on this machine: the broker cannot be restarted from the test")
-    settings, dsn = province
-    server = ServeProcess(settings.base_dir / "province.toml", free_port(), tmp_path / "serve.log")
-    server.start()
-    await server.wait_ready()
-    trigger = asyncio.Event()
 
-    def progress(accepted: int) -> None:
-        if accepted >= ENVELOPES // 3:
-            trigger.set()
+    async def restart_broker(_server: ServeProcess) -> None:
+        try:
+            await asyncio.to_thread(_rabbitmqctl, "stop_app")
+            await asyncio.sleep(2.0)
+        finally:
+            await asyncio.to_thread(_rabbitmqctl, "start_app")  # never leave the machine's broker stopped
+            await asyncio.to_thread(_rabbitmqctl, "await_startup")
 
-    async def restart_broker() -> None:
-        await trigger.wait()
-        await asyncio.to_thread(_rabbitmqctl, "stop_app")
-        await asyncio.sleep(2.0)
-        await asyncio.to_thread(_rabbitmqctl, "start_app")
-        await asyncio.to_thread(_rabbitmqctl, "await_startup")
-
-    clients = _clients(server.url)
-    restart = asyncio.create_task(restart_broker())
-    try:
-        result = await stream_envelopes(clients, _stream(3), concurrency=16, on_progress=progress)
-        await restart
-        assert len(result.accepted) == ENVELOPES
-        assert result.unavailable > 0  # the broker really went away while envelopes were arriving
-        await _drained(settings, dsn, result)
-    finally:
-        if not restart.done():
-            restart.cancel()
-        await asyncio.to_thread(_rabbitmqctl, "start_app")  # never leave the machine's broker stopped
-        for client in clients:
-            await client.aclose()
-        server.stop()
+    result, server = await _stream_through(province, tmp_path, 3, restart_broker)
+    assert result.unavailable > 0  # the broker really went away while envelopes were arriving
     assert server.process is not None
     assert server.process.returncode == 0  # the same process rode out the restart and stopped cleanly
