@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -176,7 +176,11 @@ class Intake:
                 return _Links(None, [about.organ_id], [], None)
             related, recipients = original
             codes = self._codes(sender)
-            recipient = next((r for r in recipients if r in codes), str(sender))
+            recipient = next((r for r in recipients if r in codes), None)
+            if recipient is None:
+                # Not one of the document's recipients: it still reaches the document's sender, but
+                # writes nothing on a timeline it has no part in.
+                return _Links(None, [about.organ_id], [], None)
             event = TimelineEvent(related, recipient, DeliveryState.STATUS, now, detail)
             return _Links(
                 related, [about.organ_id], [(event, f"{bus_id}|link")], (related, codes, code.value)
@@ -238,7 +242,7 @@ class Intake:
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)
         links = await self._links(message, sender, bus_id, now)
-        destinations = tuple(route(self._topology, recipient) for recipient in links.recipients)
+        destinations = _one_per_agency(route(self._topology, recipient) for recipient in links.recipients)
         recipients = [str(d.addressed_to) for d in destinations]
         earlier = await self._store.begin_accept(
             record, [(str(d.addressed_to), d.kind.value) for d in destinations], related=links.related
@@ -246,8 +250,9 @@ class Intake:
         if earlier is not None:
             raise DuplicateEnvelopeError(
                 earlier,
-                f"already accepted as {earlier}: same sender, DocumentId "
-                f"{document_id!r} and business type {business_type}",
+                f"already accepted as {earlier} (or attempted with other content): same sender, "
+                f"DocumentId {document_id!r} and business type {business_type}; send exactly the same "
+                "envelope to retry, or an update (BussinessDocType 2) to change a document",
             )
         append_trace(tree, str(self._node.organ_id), now)
         sign_tree(tree, self._node.key, self._node.certificate)
@@ -281,6 +286,16 @@ class Intake:
             record, recipients, [*links.links, *outbound], business_status=links.business_status
         )
         return Accepted(bus_id, document_id, destinations)
+
+
+def _one_per_agency(destinations: Iterable[Destination]) -> tuple[Destination, ...]:
+    """One delivery per receiving agency: ``To`` naming an agency by its current and its former code
+    would otherwise put the document in its inbox twice (two message ids)."""
+    kept: dict[str, Destination] = {}
+    for destination in destinations:
+        key = str(destination.agency.organ_id) if destination.agency else str(destination.addressed_to)
+        kept.setdefault(key, destination)
+    return tuple(kept.values())
 
 
 @dataclass(frozen=True, slots=True)

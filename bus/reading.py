@@ -84,7 +84,7 @@ def _read_response_for(c: Collector, element: etree._Element, *, required: bool)
     if not required and not any(child.text and child.text.strip() for child in element):
         return None  # the axis sends an empty <ResponseFor/> on new documents
     organ_id = c.organ_id(element)
-    document_id = c.text(element, "DocumentId", required=True)
+    document_id = c.text(element, "DocumentId", required=True, max_len=200)
     code = c.text(element, "Code")
     date = c.date(element, "PromulgationDate", required=False, not_future=True)
     if organ_id is None or document_id is None:
@@ -134,7 +134,7 @@ def _read_bussiness(c: Collector, element: etree._Element | None) -> Bussiness |
     replacements: list[ReplacementInfo] = []
     replacement_list = c.one(element, "ReplacementInfoList", required=False)
     for item in c.children(replacement_list, "ReplacementInfo") if replacement_list is not None else []:
-        document_id = c.text(item, "DocumentId", required=True)
+        document_id = c.text(item, "DocumentId", required=True, max_len=200)
         organ_list = c.one(item, "OrganIdList", required=False)
         organs = [] if organ_list is None else [c.organ_id_of(e) for e in c.children(organ_list, "OrganId")]
         if document_id is not None:
@@ -149,7 +149,7 @@ def _read_bussiness(c: Collector, element: etree._Element | None) -> Bussiness |
             "in ReplacementInfoList/ReplacementInfo",
         )
     return Bussiness(
-        document_id=c.text(element, "DocumentId"),
+        document_id=c.text(element, "DocumentId", max_len=200),
         doc_type=doc_type if doc_type is not None else BussinessDocType.NEW,
         reason=c.text(element, "BussinessDocReason"),
         paper=c.text(element, "Paper"),

@@ -12,13 +12,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bus.errors import ConfigError
 from bus.topology import Agency, BusNode, Topology
 
 __all__ = ["AmqpSettings", "DatabaseSettings", "HttpSettings", "Settings", "load_settings"]
+
+
+MIN_SECRET_BYTES = 16
 
 
 class _Section(BaseModel):
@@ -76,12 +79,24 @@ class Settings(BaseSettings):
         # The file arrives as init values; the environment must win over it.
         return env_settings, init_settings
 
+    @model_validator(mode="after")
+    def _strong_secrets(self) -> Settings:
+        for agency in self.agencies:
+            secret = self.secret_of(agency)
+            if secret is not None and len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"the API secret of {agency.organ_id} has {len(secret)} bytes; at least "
+                    f"{MIN_SECRET_BYTES} are required (an empty or short secret lets anyone sign as it)"
+                )
+        return self
+
     @property
     def topology(self) -> Topology:
         return Topology(province=self.province, node=self.node, agencies=self.agencies)
 
     def secret_of(self, agency: Agency) -> bytes | None:
-        secret = self.agency_secrets.get(str(agency.organ_id)) or agency.secret
+        override = self.agency_secrets.get(str(agency.organ_id))
+        secret = override if override is not None else agency.secret
         return None if secret is None else secret.get_secret_value().encode("utf-8")
 
     def path(self, value: Path) -> Path:

@@ -174,6 +174,14 @@ class _Api:
         except BrokerError as exc:
             log.error("send.broker_unavailable", sender=str(sender), error=str(exc))
             raise ApiError(503, "broker-unavailable", "the envelope was NOT accepted: retry later") from None
+        except Exception as exc:  # the store failed, perhaps after some deliveries were published
+            log.error("send.store_unavailable", sender=str(sender), error=type(exc).__name__)
+            raise ApiError(
+                503,
+                "outcome-unknown",
+                "the envelope was NOT accepted, though some recipients may have it: send the SAME "
+                "envelope again (a repeat is absorbed, never delivered twice)",
+            ) from None
         self.ctx.accepted += 1
         log.info(
             "send.accepted",
@@ -196,18 +204,15 @@ class _Api:
     async def inbox(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
         params = request.query_params
-        try:
-            after = int(params.get("after", "0"))
-            limit = min(int(params.get("limit", "100")), 1000)
-        except ValueError:
-            raise ApiError(400, "bad-parameter", "after and limit must be integers") from None
+        after = _bounded(params.get("after", "0"), "after", 0, _MAX_ID)
+        limit = _bounded(params.get("limit", "100"), "limit", 1, 1000)
         pending = params.get("pending", "true").lower() not in ("false", "0", "no")
         items = await self.ctx.store.inbox(str(agency), pending_only=pending, after=after, limit=limit)
         return JSONResponse({"items": [_item_json(i) for i in items]})
 
     def _item_id(self, request: Request) -> int:
         raw = request.path_params["item_id"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > _MAX_ID:
             raise ApiError(404, "not-found", f"no envelope {raw!r}")
         return int(raw)
 
@@ -250,19 +255,25 @@ class _Api:
         item = await self.ctx.store.acknowledge(str(agency), item_id, state, now, reason)
         if item is None:
             raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
+        if item.ack_state != state.value:
+            raise ApiError(
+                409, "already-final", f"envelope {item_id} was already acknowledged as {item.ack_state}"
+            )
         log.info("inbox.acknowledged", bus_id=item.bus_id, recipient=str(agency), state=state.value)
         return JSONResponse(_item_json(item))
 
     async def sent(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
+        limit = _bounded(request.query_params.get("limit", "50"), "limit", 1, 500)
+        before_text = request.query_params.get("before")
         try:
-            limit = min(int(request.query_params.get("limit", "50")), 500)
-            before_text = request.query_params.get("before")
             before = dt.datetime.fromisoformat(before_text) if before_text else None
         except ValueError:
+            raise ApiError(400, "bad-parameter", "before must be an ISO 8601 time with its offset") from None
+        if before is not None and before.tzinfo is None:
             raise ApiError(
-                400, "bad-parameter", "limit must be an integer, before an ISO 8601 time"
-            ) from None
+                400, "bad-parameter", "before must carry its offset (e.g. 2026-11-26T08:00:00+07:00)"
+            )
         documents = await self.ctx.store.sent(str(agency), before=before, limit=limit)
         return JSONResponse({"documents": [_sent_json(doc, rows) for doc, rows in documents]})
 
@@ -317,6 +328,15 @@ class _Api:
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+
+_MAX_ID = 2**62
+
+
+def _bounded(text: str, name: str, low: int, high: int) -> int:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise ApiError(400, "bad-parameter", f"{name} must be an integer from {low} to {high}")
+    return int(text)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

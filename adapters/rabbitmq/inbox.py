@@ -145,12 +145,18 @@ class InboxWorker:
         if missing or not message.message_id:
             reason = f"not a bus message: missing {', '.join(missing) or 'message id'}"
             log.warning("inbox.poison", queue=queue_name, reason=reason, message_id=message.message_id)
-            await self._publisher.dead_letter(
-                message.body,
-                message_id=message.message_id or "(none)",
-                reason=reason,
-                source_queue=queue_name,
-            )
+            try:
+                await self._publisher.dead_letter(
+                    message.body,
+                    message_id=message.message_id or "(none)",
+                    reason=reason,
+                    source_queue=queue_name,
+                )
+            except Exception as exc:  # keep it in its queue; try again after a pause
+                log.error("inbox.dead_letter_failed", queue=queue_name, error=type(exc).__name__)
+                await asyncio.sleep(self._store_retry_s)
+                await message.nack(requeue=True)
+                return
             await message.ack()
             return
         item = InboxItem(

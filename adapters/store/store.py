@@ -121,7 +121,7 @@ class StatusStore:
         ins = self._insert_ignoring_duplicates
         self._ins_documents, self._ins_deliveries = ins(documents), ins(deliveries)
         self._ins_events, self._ins_inbox, self._ins_nonces = ins(events), ins(inbox), ins(nonces)
-        self._q_dedupe = select(documents.c.bus_id, documents.c.confirmed).where(
+        self._q_dedupe = select(documents.c.bus_id, documents.c.confirmed, documents.c.envelope_sha256).where(
             documents.c.dedupe_key == bindparam("p_key")
         )
         self._q_confirm = (
@@ -155,7 +155,13 @@ class StatusStore:
         self._q_item = select(inbox).where(*mine)
         self._q_ack = (
             update(inbox)
-            .where(*mine)
+            .where(
+                *mine,
+                # done and fail are final: a later "processing" must not reopen the envelope
+                inbox.c.ack_state.is_(None)
+                | (inbox.c.ack_state == DeliveryState.PROCESSING.value)
+                | (inbox.c.ack_state == bindparam("p_state")),
+            )
             .values(ack_state=bindparam("p_state"), acked_at=bindparam("p_at"))
             .returning(*_INBOX_LIST)
         )
@@ -202,9 +208,10 @@ class StatusStore:
         """First write of an intake, before anything is published.
 
         Stores the document, unconfirmed, with one delivery per ``(recipient, route)``. Returns None when
-        the intake should go on (a new document, or an earlier attempt that never got its confirms: the
-        bus id is deterministic, so it is the same document), or the bus id of the already *confirmed*
-        document with the same (sender, DocumentId, business type): the caller answers "duplicate".
+        the intake should go on (a new document, or an earlier attempt with the same bytes that never
+        got its confirms: the bus id is deterministic, so it is the same document), or the bus id of the
+        earlier document with the same (sender, DocumentId, business type) when it is confirmed or had
+        other bytes: the caller refuses the envelope (duplicate or conflicting retry).
         """
         async with self._engine.begin() as conn:
             inserted = await conn.execute(
@@ -227,7 +234,9 @@ class StatusStore:
             bus_id = document.bus_id
             if not inserted.rowcount:  # an earlier attempt or an earlier document: which one?
                 row = (await conn.execute(self._q_dedupe, {"p_key": document.dedupe_key})).one()
-                if row.confirmed:
+                if row.confirmed or row.envelope_sha256 != document.envelope_sha256:
+                    # Confirmed: a duplicate. Unconfirmed but other bytes: an attempt that may have
+                    # reached some recipients with different content; retrying must resend the same.
                     return str(row.bus_id)
                 bus_id = row.bus_id
             if recipients:
@@ -529,8 +538,9 @@ class StatusStore:
                     self._q_ack, {"p_agency": agency, "p_id": item_id, "p_state": state.value, "p_at": at}
                 )
             ).first()
-            if row is None:
-                return None
+            if row is None:  # not this agency's, or already final: the caller tells which
+                current = (await conn.execute(self._q_item, {"p_agency": agency, "p_id": item_id})).first()
+                return None if current is None else _inbox_item(current)
             event = TimelineEvent(row.bus_id, row.addressed_to, state, at, reason)
             await self._events(conn, [(event, f"{row.message_id}|ack|{state.value}")])
             return _inbox_item(row)

@@ -228,6 +228,15 @@ async def test_agencies_read_only_their_own(client_for: ClientFor) -> None:
     with pytest.raises(ApiFailure) as caught:
         await district.acknowledge(int(item["id"]), "fail")  # type: ignore[call-overload]
     assert (caught.value.status, caught.value.code) == (400, "bad-acknowledgement")  # fail needs a reason
+    await district.acknowledge(int(item["id"]), "done")  # type: ignore[call-overload]
+    with pytest.raises(ApiFailure) as caught:
+        await district.acknowledge(int(item["id"]), "processing")  # type: ignore[call-overload]
+    assert (caught.value.status, caught.value.code) == (409, "already-final")  # done stays done
+    assert await district.inbox() == []
+    for params in ({"limit": "-1"}, {"after": "99999999999999999999999"}, {"limit": "²"}):
+        with pytest.raises(ApiFailure) as caught:
+            await district.request("GET", "/v1/inbox", params=params)
+        assert (caught.value.status, caught.value.code) == (400, "bad-parameter")
     agencies = await commune.agencies()
     assert {a["organ_id"] for a in agencies["agencies"]} >= {HOME_AFFAIRS, DISTRICT, COMMUNE}
 

@@ -202,3 +202,12 @@ async def test_inbox_keeps_a_message_whose_document_the_store_never_saw(store: S
     [item] = await store.inbox("000.01.21.H99")
     assert item.bus_id == stranger.bus_id
     assert await store.timeline(stranger.bus_id) == []
+
+
+async def test_a_retry_with_other_bytes_is_refused_not_republished(store: StatusStore) -> None:
+    doc = _document()
+    routes = [("000.00.21.H99", "local")]
+    assert await store.begin_accept(doc, routes) is None  # first attempt, then the broker failed
+    changed = dataclasses.replace(doc, envelope_sha256="1" * 64)
+    assert await store.begin_accept(changed, routes) == doc.bus_id  # other content: refused
+    assert await store.begin_accept(doc, routes) is None  # the same bytes again: go on

@@ -26,6 +26,7 @@ from bus.routing import DestinationKind
 from bus.topology import Topology, load_topology
 from bus.xmlparse import parse_untrusted
 from tests.conftest import ROOT, Pki, q
+from tests.factory import make_document, make_status
 
 PROVINCE = OrganId.parse("000.00.00.H99")
 NOW = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.UTC)
@@ -289,3 +290,26 @@ async def test_signature_by_another_agencys_certificate_is_forged(
     with pytest.raises(ForgedSenderError, match=r"signed by 000\.00\.02\.H99"):
         await intake.accept(signed, sender=PROVINCE)
     assert publisher.sent == []
+
+
+async def test_an_agency_named_by_current_and_former_code_gets_one_copy(topology: Topology, pki: Pki) -> None:
+    home = OrganId.parse("000.00.01.H99")
+    data = make_document(str(home), ["000.03.21.H99", "000.04.21.H99", "000.00.21.H99"], 9)
+    publisher = FakePublisher()
+    accepted = await _intake(topology, pki, publisher, FakeStore()).accept(data, sender=home)
+    assert [str(d.addressed_to) for d in accepted.destinations] == ["000.03.21.H99", "000.00.21.H99"]
+    assert len(publisher.sent) == 2
+
+
+async def test_status_from_an_agency_that_never_received_the_document_writes_no_timeline(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    store = FakeStore()
+    intake = _intake(topology, pki, FakePublisher(), store)
+    await intake.accept(document_bytes, sender=PROVINCE)
+    outsider = "000.00.22.H99"  # Sơn Hòa was not addressed
+    status = make_status(outsider, str(PROVINCE), DOCUMENT_ID, "06")
+    accepted = await intake.accept(status, sender=OrganId.parse(outsider))
+    assert [str(d.addressed_to) for d in accepted.destinations] == [str(PROVINCE)]  # still delivered
+    assert store.links == []
+    assert store.business_status == []

@@ -81,3 +81,10 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "broken.toml")
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_settings(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("secret", ["", "ngắn"])
+def test_an_empty_or_short_secret_stops_start_up(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("BUS_AGENCY_SECRETS", f'{{"000.00.01.H99": "{secret}"}}')
+    with pytest.raises(ConfigError, match=r"000\.00\.01\.H99 has \d+ bytes"):
+        load_settings(EXAMPLE)
