@@ -63,11 +63,15 @@ class AcceptedDocument:
     subject: str | None
     accepted_at: dt.datetime
     envelope_sha256: str
+    # For a status message: the OrganId of the document's sender (ResponseFor/OrganId), so that two
+    # statuses about equal DocumentIds of different agencies are not taken for one.
+    concerns: str | None = None
 
     @property
     def dedupe_key(self) -> str:
         """(sender, DocumentId, business type): the same document sent twice is one document."""
-        return f"{self.kind}|{self.sender}|{self.business_type}|{self.document_id}"
+        key = f"{self.kind}|{self.sender}|{self.business_type}|{self.document_id}"
+        return key if self.concerns is None else f"{key}|{self.concerns}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,10 +224,11 @@ class Intake:
         now = self._clock()
         if isinstance(message, StatusMessage):
             document_id, business_type = message.response_for.document_id, int(message.status_code)
-            code, subject = None, None
+            code, subject, concerns = None, None, str(message.response_for.organ_id)
         else:
             document_id, business_type = message.document_id, int(message.business_type)
             code, subject = f"{message.code.number}/{message.code.notation}", message.subject
+            concerns = None
         draft = AcceptedDocument(
             bus_id="",
             kind=parsed.kind.value,
@@ -238,6 +239,7 @@ class Intake:
             subject=subject,
             accepted_at=now,
             envelope_sha256=hashlib.sha256(body).hexdigest(),
+            concerns=concerns,
         )
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)

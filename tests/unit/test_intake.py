@@ -313,3 +313,15 @@ async def test_status_from_an_agency_that_never_received_the_document_writes_no_
     assert [str(d.addressed_to) for d in accepted.destinations] == [str(PROVINCE)]  # still delivered
     assert store.links == []
     assert store.business_status == []
+
+
+async def test_statuses_about_equal_document_ids_of_two_agencies_are_two_statuses(
+    topology: Topology, pki: Pki
+) -> None:
+    store, publisher = FakeStore(), FakePublisher()
+    district = OrganId.parse("000.00.21.H99")
+    intake = _intake(topology, pki, publisher, store)
+    first = await intake.accept(make_status(str(district), "000.00.01.H99", "123", "03"), sender=district)
+    second = await intake.accept(make_status(str(district), "000.00.02.H99", "123", "03"), sender=district)
+    assert first.bus_id != second.bus_id
+    assert [m[0] for m in publisher.sent] == ["org.H99.01.00.000", "org.H99.02.00.000"]
