@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -63,7 +63,6 @@ class ApiContext:
     max_body_bytes: int = 64 * 1024 * 1024
     clock_skew_s: int = 300
     clock: Callable[[], float] = time.time
-    accepted: int = field(default=0, init=False)  # envelopes answered 202 by this process
 
 
 class ApiError(Exception):
@@ -182,7 +181,6 @@ class _Api:
                 "the envelope was NOT accepted, though some recipients may have it: send the SAME "
                 "envelope again (a repeat is absorbed, never delivered twice)",
             ) from None
-        self.ctx.accepted += 1
         log.info(
             "send.accepted",
             bus_id=accepted.bus_id,

@@ -24,6 +24,10 @@ def _json(description: str, ref: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
+def _path_param(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
 _AUTH_ERRORS = {"401": _error("not authenticated: missing or bad signature, stale timestamp, replay")}
 
 
@@ -202,9 +206,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/inbox/{item_id}": {
                 "get": {
                     "summary": "Fetch one envelope (as delivered: with trace headers and signatures)",
-                    "parameters": [
-                        {"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-                    ],
+                    "parameters": [_path_param("item_id", "integer")],
                     "responses": {
                         "200": {"description": "the envelope", "content": {"application/xml": {}}},
                         **_AUTH_ERRORS,
@@ -215,9 +217,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/inbox/{item_id}/ack": {
                 "post": {
                     "summary": "Acknowledge an envelope: processing, done or fail (with a reason)",
-                    "parameters": [
-                        {"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-                    ],
+                    "parameters": [_path_param("item_id", "integer")],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -276,9 +276,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/documents/{bus_id}": {
                 "get": {
                     "summary": "One document: per-recipient state and timeline (sender or recipients)",
-                    "parameters": [
-                        {"name": "bus_id", "in": "path", "required": True, "schema": {"type": "string"}}
-                    ],
+                    "parameters": [_path_param("bus_id", "string")],
                     "responses": {
                         "200": _json("the document", "#/components/schemas/Document"),
                         **_AUTH_ERRORS,

@@ -60,7 +60,6 @@ class InboxWorker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._pending: asyncio.Queue[tuple[InboxItem, AbstractIncomingMessage]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self.stored = 0  # envelopes written by this worker (repeats not counted)
 
     async def start(self) -> None:
         """Consume every agency's inbox queue (declared beforehand by :func:`declare_topology`)."""
@@ -103,7 +102,6 @@ class InboxWorker:
                 except Exception as exc:  # the channel died: the broker redelivers, the store absorbs it
                     log.warning("inbox.ack_failed", bus_id=item.bus_id, error=type(exc).__name__)
                 if new:
-                    self.stored += 1
                     log.info(
                         "inbox.queued",
                         bus_id=item.bus_id,

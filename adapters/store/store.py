@@ -296,16 +296,6 @@ class StatusStore:
         await self.confirm_accept(document, [recipient for recipient, _ in recipients])
         return True
 
-    async def find_duplicate(self, document: AcceptedDocument) -> str | None:
-        """The bus id of the confirmed document with this (sender, DocumentId, business type), if any."""
-        async with self._engine.connect() as conn:
-            row = await conn.execute(
-                select(documents.c.bus_id).where(
-                    documents.c.dedupe_key == document.dedupe_key, documents.c.confirmed.is_(True)
-                )
-            )
-            return row.scalar_one_or_none()
-
     async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None:
         """The newest confirmed *document* (not status) from *sender* with *document_id*, and its
         recipients: what a status message, revocation or take-back concerns."""
@@ -448,10 +438,6 @@ class StatusStore:
             ]
 
     # -- inboxes -------------------------------------------------------------------------------------
-
-    async def store_inbox(self, item: InboxItem) -> bool:
-        """Keep one envelope delivered to an agency (see :meth:`store_inbox_many`)."""
-        return (await self.store_inbox_many([item]))[0]
 
     async def store_inbox_many(self, items: Sequence[InboxItem]) -> list[bool]:
         """Keep envelopes delivered to agencies, each with its ``queued`` event, in one transaction.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from bus.client import AgencyClient
+from bus.client import AgencyClient, ApiFailure
 
 __all__ = ["ServeProcess", "free_port", "stream_envelopes"]
 
@@ -132,11 +132,7 @@ async def stream_envelopes(
                     break
                 except httpx.TransportError:
                     result.transport_errors += 1
-                except Exception as exc:
-                    from bus.client import ApiFailure
-
-                    if not isinstance(exc, ApiFailure):
-                        raise
+                except ApiFailure as exc:
                     if exc.status == 409 and attempt > 0:
                         answer = {"bus_id": exc.payload["bus_id"]}
                         break

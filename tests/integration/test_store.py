@@ -4,44 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
 from adapters.store import InboxItem, StatusStore
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
+from tests.integration.conftest import fresh_database
 
 pytestmark = pytest.mark.asyncio
-PG_DSN = os.environ.get("BUS_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/bus_test")
 T0 = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.UTC)
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StatusStore]:
-    if request.param == "sqlite":
-        store = StatusStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'bus.db'}")
+    async with fresh_database(request.param, tmp_path) as url:
+        store = StatusStore.connect(url)
         await store.create_schema()
         yield store
         await store.close()
-        return
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(PG_DSN, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_DSN} ({exc}): run scripts/services.sh")
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    url = PG_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
-    store = StatusStore.connect(url, connect_args={"server_settings": {"search_path": schema}})
-    await store.create_schema()
-    yield store
-    await store.close()
-    await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-    await admin.close()
 
 
 def _document(
@@ -77,7 +61,7 @@ async def test_same_document_twice_is_a_duplicate(store: StatusStore) -> None:
     first, again = _document(), _document()
     assert await store.record_accepted(first, [("000.00.21.H99", "local")])
     assert not await store.record_accepted(again, [("000.00.21.H99", "local")])
-    assert await store.find_duplicate(again) == first.bus_id
+    assert await store.begin_accept(again, [("000.00.21.H99", "local")]) == first.bus_id
     assert await store.document(again.bus_id) is None
     # An update (business type 2) of the same document is a new envelope, not a duplicate.
     assert await store.record_accepted(_document(business_type=2), [("000.00.21.H99", "local")])
@@ -117,7 +101,6 @@ async def test_unconfirmed_document_is_not_a_duplicate_until_confirmed(store: St
     doc = _document()
     routes = [("000.00.21.H99", "local")]
     assert await store.begin_accept(doc, routes) is None
-    assert await store.find_duplicate(doc) is None  # the broker never confirmed: a retry goes on
     assert await store.begin_accept(doc, routes) is None  # the retry (same bus id) is not refused
     await store.confirm_accept(doc, ["000.00.21.H99"])
     assert await store.begin_accept(doc, routes) == doc.bus_id
@@ -142,10 +125,13 @@ def _inbox_item(doc: AcceptedDocument, recipient: str, addressed_to: str | None 
 async def test_inbox_fetch_and_acknowledge_write_the_timeline_once(store: StatusStore) -> None:
     doc = _document()
     await store.record_accepted(doc, [("000.01.21.H99", "local"), ("000.04.21.H99", "local")])
-    assert await store.store_inbox(_inbox_item(doc, "000.01.21.H99"))
-    assert not await store.store_inbox(_inbox_item(doc, "000.01.21.H99"))  # redelivered: nothing new
+    assert await store.store_inbox_many([_inbox_item(doc, "000.01.21.H99")]) == [True]
+    redelivered = await store.store_inbox_many([_inbox_item(doc, "000.01.21.H99")])
+    assert redelivered == [False]  # nothing new
     # A former code (alias) lands in the merged agency's inbox, tracked under the code it was sent to.
-    assert await store.store_inbox(_inbox_item(doc, "000.03.21.H99", addressed_to="000.04.21.H99"))
+    assert await store.store_inbox_many(
+        [_inbox_item(doc, "000.03.21.H99", addressed_to="000.04.21.H99")]
+    ) == [True]
     [item] = await store.inbox("000.01.21.H99")
     assert item.body is None  # listing never carries bodies
     assert await store.fetch("000.03.21.H99", item.id, T0) is None  # another agency's envelope
@@ -198,7 +184,7 @@ async def test_sent_lists_documents_with_their_recipients_state(store: StatusSto
 
 async def test_inbox_keeps_a_message_whose_document_the_store_never_saw(store: StatusStore) -> None:
     stranger = _document()  # never recorded: the event table's foreign key must not block the inbox
-    assert await store.store_inbox(_inbox_item(stranger, "000.01.21.H99"))
+    assert await store.store_inbox_many([_inbox_item(stranger, "000.01.21.H99")]) == [True]
     [item] = await store.inbox("000.01.21.H99")
     assert item.bus_id == stranger.bus_id
     assert await store.timeline(stranger.bus_id) == []
