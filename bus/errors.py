@@ -139,3 +139,20 @@ class DuplicateEnvelopeError(InputError):
 
 class UnknownDocumentError(InputError):
     """The envelope concerns a document this axis never carried, and cannot be delivered without it."""
+
+
+class AxisError(BusError):
+    """The national axis did not do what was asked."""
+
+
+class AxisUnavailableError(AxisError):
+    """Temporary: a timeout, a refused connection, a 5xx, an unreadable answer. Worth retrying later."""
+
+
+class AxisRejectedError(AxisError):
+    """Permanent: the axis answered and refused (``status FAIL`` with a reason, or a 4xx)."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(f"national axis refused it (ErrorCode {code}): {description}")
+        self.code = code
+        self.description = description

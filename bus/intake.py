@@ -83,6 +83,10 @@ class IntakePolicy:
     pinned: Mapping[str, bytes] = field(default_factory=dict)
     signatures: SignatureConfig = field(default_factory=SignatureConfig)
     limits: XmlLimits = DEFAULT_LIMITS
+    # Envelopes relayed in from the national axis: the CAs of other provinces and ministries, and
+    # whether such an envelope must carry a signature that checks against them.
+    axis_trust: TrustStore | None = None
+    axis_require_signature: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,54 @@ class Intake:
     async def accept(self, body: bytes, *, sender: OrganId) -> Accepted:
         """Accept *body* from the authenticated *sender*; returns once every delivery is durable."""
         tree, parsed = self._checked(body, sender)
+        return await self._accept(body, tree, parsed, sender, local_only=False)
+
+    async def accept_from_axis(self, body: bytes) -> Accepted:
+        """Accept an envelope the national axis delivered for this province's agencies.
+
+        Checked like any intake; its sender is outside the province (an envelope from the axis that
+        claims a local agency as sender is forged), its signature must check against the CAs trusted
+        for other provinces and ministries (when the policy requires it), and only the local
+        recipients get a copy: the axis delivers the others itself."""
+        tree, parsed = self._checked_from_axis(body)
+        return await self._accept(body, tree, parsed, parsed.message.sender.organ_id, local_only=True)
+
+    def _checked_from_axis(self, body: bytes) -> tuple[etree._ElementTree, ParsedEnvelope]:
+        today = self._clock().astimezone(VN_TZ).date()
+        tree = parse_untrusted(body, self._policy.limits)
+        parsed = check_tree(tree, today=today)
+        sender = parsed.message.sender.organ_id
+        if self._topology.agency(sender) is not None:
+            raise ForgedSenderError(
+                f"an envelope from the national axis names {sender}, an agency of this province, as "
+                "its sender: local agencies send through this bus, not through the national axis"
+            )
+        if not self._policy.axis_require_signature:
+            return tree, parsed
+        if self._policy.axis_trust is None:
+            raise ForgedSenderError("envelopes from the national axis must be signed, and no CA is trusted")
+        verified = verify_tree(tree, self._policy.axis_trust, self._policy.signatures)
+        for signature in verified:
+            uids = signature.signer.subject.get_attributes_for_oid(NameOID.USER_ID)
+            if uids and not _same_body(str(uids[0].value), sender):
+                raise ForgedSenderError(
+                    f"the envelope from {sender} is signed by {uids[0].value!s}, "
+                    "which belongs to neither the sender nor its own axis"
+                )
+        parsed = check_tree(parse_untrusted(verified[0].signed_xml, self._policy.limits), today=today)
+        if parsed.message.sender.organ_id != sender:
+            raise ForgedSenderError("the signed envelope names another sender")
+        return tree, parsed
+
+    async def _accept(
+        self,
+        body: bytes,
+        tree: etree._ElementTree,
+        parsed: ParsedEnvelope,
+        sender: OrganId,
+        *,
+        local_only: bool,
+    ) -> Accepted:
         message = parsed.message
         now = self._clock()
         if isinstance(message, StatusMessage):
@@ -245,6 +297,13 @@ class Intake:
         record = dataclasses.replace(draft, bus_id=bus_id)
         links = await self._links(message, sender, bus_id, now)
         destinations = _one_per_agency(route(self._topology, recipient) for recipient in links.recipients)
+        if local_only:
+            destinations = tuple(d for d in destinations if d.kind is DestinationKind.LOCAL)
+            if not destinations:
+                raise UnknownDocumentError(
+                    f"none of the recipients ({', '.join(map(str, links.recipients))}) is an agency "
+                    "of this province"
+                )
         recipients = [str(d.addressed_to) for d in destinations]
         earlier = await self._store.begin_accept(
             record, [(str(d.addressed_to), d.kind.value) for d in destinations], related=links.related
@@ -288,6 +347,15 @@ class Intake:
             record, recipients, [*links.links, *outbound], business_status=links.business_status
         )
         return Accepted(bus_id, document_id, destinations)
+
+
+def _same_body(signer: str, sender: OrganId) -> bool:
+    """A relayed envelope may be signed by its sender or by an axis of the sender's own body (a
+    province's axis carries the province's top-level code)."""
+    try:
+        return OrganId.parse(signer).top == sender.top
+    except ValueError:
+        return False
 
 
 def _one_per_agency(destinations: Iterable[Destination]) -> tuple[Destination, ...]:

@@ -20,6 +20,8 @@ from aio_pika.abc import AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 
 from adapters.http import ApiContext, create_app
+from adapters.national_axis.client import NationalAxisClient
+from adapters.national_axis.relay import AxisLink, CircuitBreaker, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
@@ -73,6 +75,12 @@ def intake_policy(settings: Settings) -> IntakePolicy:
             sha1_senders=frozenset(str(a.organ_id) for a in settings.agencies if a.allow_sha1)
         ),
         limits=XmlLimits(max_bytes=settings.http.max_body_bytes),
+        axis_trust=(
+            TrustStore.from_pem_files([settings.path(p) for p in settings.national_axis.trust])
+            if settings.national_axis.trust
+            else None
+        ),
+        axis_require_signature=settings.national_axis.require_signature,
     )
 
 
@@ -84,6 +92,7 @@ class Node:
     intake: Intake
     api: ApiContext
     worker: InboxWorker | None
+    axis: AxisLink | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, workers: bool = True) -> Node:
@@ -104,7 +113,7 @@ class Node:
             raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(settings.amqp.url)}: {exc}") from exc
         names = BrokerNames(settings.amqp.prefix)
         declare = await connection.channel()
-        await declare_topology(declare, topology, names)
+        await declare_topology(declare, topology, names, retry_delays=settings.national_axis.retry_delays_ms)
         await declare.close()
         publisher = Publisher(await open_channel(connection), names, timeout=settings.amqp.publish_timeout_s)
         intake = Intake(topology, identity, publisher, store, policy)
@@ -126,16 +135,23 @@ class Node:
                 consume, topology, names, store, Publisher(await open_channel(connection), names)
             )
             await worker.start()
+        axis = None
+        if workers and settings.national_axis.endpoint is not None:
+            axis = await _axis_link(settings, connection, names, store, intake)
         log.info(
             "node.started",
             node=str(settings.node.organ_id),
             agencies=len(settings.agencies),
             prefix=names.prefix,
             workers=workers,
+            national_axis=settings.national_axis.endpoint,
         )
-        return cls(settings, store, connection, intake, api, worker)
+        return cls(settings, store, connection, intake, api, worker, axis)
 
     async def stop(self) -> None:
+        if self.axis is not None:
+            with contextlib.suppress(Exception):
+                await self.axis.stop()
         if self.worker is not None:
             with contextlib.suppress(Exception):
                 await self.worker.stop()
@@ -168,6 +184,9 @@ class Node:
         waiter = asyncio.create_task(_wait(stop))
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("node.stopping")
+        if self.axis is not None:
+            await self.axis.stop()
+            self.axis = None
         if self.worker is not None:
             await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
         if server is not None:
@@ -179,6 +198,37 @@ class Node:
         for task in done:
             if task is not waiter and (error := task.exception()) is not None:
                 raise error
+
+
+async def _axis_link(
+    settings: Settings,
+    connection: AbstractRobustConnection,
+    names: BrokerNames,
+    store: StatusStore,
+    intake: Intake,
+) -> AxisLink:
+    """Relay out (outbound queue → national axis) and relay in (national axis → local inboxes)."""
+    axis = settings.national_axis
+    if axis.endpoint is None or axis.secret is None:  # NationalAxisSettings checks this already
+        raise ConfigError("national_axis.endpoint and national_axis.secret are both required")
+    client = NationalAxisClient(
+        axis.endpoint,
+        axis.system_id or str(settings.node.organ_id),
+        axis.secret.get_secret_value(),
+        timeout=axis.timeout_s,
+    )
+    breaker = CircuitBreaker(threshold=axis.breaker_failures, open_s=axis.breaker_open_s)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=axis.prefetch)
+    publisher = Publisher(await open_channel(connection), names)
+    link = AxisLink(
+        client,
+        RelayOut(channel, names, store, publisher, client, breaker, retry_delays_ms=axis.retry_delays_ms),
+        RelayIn(client, intake, publisher, breaker, interval_s=axis.poll_interval_s),
+        breaker,
+    )
+    await link.start()
+    return link
 
 
 async def _wait(event: asyncio.Event) -> None:

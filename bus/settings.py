@@ -18,7 +18,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from bus.errors import ConfigError
 from bus.topology import Agency, BusNode, Topology
 
-__all__ = ["AmqpSettings", "DatabaseSettings", "HttpSettings", "Settings", "load_settings"]
+__all__ = [
+    "AmqpSettings",
+    "DatabaseSettings",
+    "HttpSettings",
+    "NationalAxisSettings",
+    "Settings",
+    "load_settings",
+]
 
 
 MIN_SECRET_BYTES = 16
@@ -50,6 +57,34 @@ class HttpSettings(_Section):
     clock_skew_s: int = 300
 
 
+class NationalAxisSettings(_Section):
+    """The link to the national axis (relay out and in). Without an ``endpoint`` there is no link:
+    what is addressed outside the province waits in the outbound queue."""
+
+    endpoint: str | None = None  # e.g. https://axis.example/vdxp/api (operations are appended)
+    system_id: str | None = None  # this province's system at the axis; default: node.organ_id
+    secret: SecretStr | None = None  # BUS_NATIONAL_AXIS__SECRET keeps it out of the file
+    timeout_s: float = 30.0
+    poll_interval_s: float = 10.0  # how often the axis is asked for what it holds for us
+    # Back-off tiers of a temporary failure (milliseconds); after the last one, the dead-letter queue.
+    retry_delays_ms: tuple[int, ...] = (5_000, 30_000, 300_000)
+    # The circuit opens after this many temporary failures in a row, and probes every open_s.
+    breaker_failures: int = 5
+    breaker_open_s: float = 30.0
+    prefetch: int = 8  # envelopes sent to the axis at the same time by one process
+    # Envelopes from other provinces and ministries: must they be signed, and by which CAs.
+    require_signature: bool = True
+    trust: tuple[Path, ...] = ()
+
+    @model_validator(mode="after")
+    def _usable(self) -> NationalAxisSettings:
+        if self.endpoint is not None and (self.secret is None or not self.secret.get_secret_value()):
+            raise ValueError("national_axis.endpoint is set but national_axis.secret is missing")
+        if not self.retry_delays_ms or any(d <= 0 for d in self.retry_delays_ms):
+            raise ValueError("national_axis.retry_delays_ms must list positive delays")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BUS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -61,6 +96,7 @@ class Settings(BaseSettings):
     amqp: AmqpSettings = AmqpSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
+    national_axis: NationalAxisSettings = NationalAxisSettings()
     # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
     # A value here wins over an agency's ``secret`` in the file.
     agency_secrets: dict[str, SecretStr] = {}

@@ -93,9 +93,13 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_config(path: Path, pki: Path, *, prefix: str, database_url: str, extra: str = "") -> Path:
-    """The example province's file, pointed at *pki*, a broker prefix and a database."""
-    text = EXAMPLE.read_text(encoding="utf-8").replace("../demo-out/pki", str(pki))
+def write_config(
+    path: Path, pki: Path, *, prefix: str, database_url: str, extra: str = "", example: Path = EXAMPLE
+) -> Path:
+    """The example province's file, pointed at *pki*, a broker prefix and a database; its national
+    axis section (the file's last) is cut off: a test that wants one passes it in *extra*."""
+    text = example.read_text(encoding="utf-8").split("\n[national_axis]\n", 1)[0]
+    text = text.replace("../demo-out/pki/", f"{pki}/")
     text = text.replace('prefix = "bus"', f'prefix = "{prefix}"')
     text = text.replace('url = "sqlite+aiosqlite:///demo-out/bus.db"', f'url = "{database_url}"')
     path.write_text(text + extra, encoding="utf-8")

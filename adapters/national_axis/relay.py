@@ -1,0 +1,407 @@
+"""The link between a province's axis and the national axis.
+
+**Relay out** (:class:`RelayOut`) drains the outbound queue: each message is one envelope for one
+recipient outside the province. It is sent with ``sendEdoc``; the timeline records every attempt.
+A temporary failure parks the message in a retry queue whose TTL returns it later (the back-off lives
+in RabbitMQ, not in a sleeping task); a refusal with a reason, or too many attempts, dead-letters it
+with the reason. A message is acknowledged only after the next durable step (the event written, the
+retry or dead-letter copy confirmed). A crash between ``sendEdoc`` and the acknowledgement sends the
+envelope again; the receiving axis's duplicate suppression absorbs it.
+
+**Circuit breaker** (:class:`CircuitBreaker`): after several temporary failures in a row the relay
+stops consuming (the backlog waits in the outbound queue, attempts are not used up) and a probe asks
+the axis a cheap question every little while; the first answer closes the circuit and sending resumes.
+
+**Relay in** (:class:`RelayIn`) polls what the axis holds for this province's agencies, takes each
+envelope through the intake like any other (checks, signature, duplicate suppression, local inboxes),
+and only then tells the axis ``done``. A crash in between makes the axis deliver it again, which the
+duplicate check absorbs. An envelope the intake refuses is kept in the dead-letter queue with the
+reason, and the axis is told ``fail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from adapters.national_axis.client import NationalAxisClient
+from adapters.rabbitmq.names import BrokerNames
+from adapters.rabbitmq.publisher import ATTEMPT_HEADER, Publisher
+from bus.delivery import DeliveryState, TimelineEvent
+from bus.errors import AxisRejectedError, AxisUnavailableError, DuplicateEnvelopeError, InputError
+from bus.intake import Intake
+
+__all__ = ["AxisLink", "CircuitBreaker", "CircuitState", "RelayIn", "RelayOut"]
+
+log = structlog.get_logger("bus.relay")
+
+_REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind")
+AXIS_SOURCE = "national-axis"  # the "source queue" of an envelope the relay-in could not accept
+
+
+class EventStore(Protocol):
+    async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
+
+
+class CircuitState(enum.StrEnum):
+    CLOSED = "closed"  # sending
+    OPEN = "open"  # the axis is down: not sending, probing
+
+
+class CircuitBreaker:
+    """Counts temporary failures in a row; *threshold* of them open the circuit for *open_s*."""
+
+    def __init__(
+        self, *, threshold: int = 5, open_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = threshold
+        self.open_s = open_s
+        self._clock = clock
+        self._failures = 0
+        self.state = CircuitState.CLOSED
+        self.opened_at: float | None = None
+        self.changed = asyncio.Event()
+
+    def success(self) -> None:
+        self._failures = 0
+        if self.state is CircuitState.OPEN:
+            self.state = CircuitState.CLOSED
+            self.opened_at = None
+            log.info("axis.circuit_closed")
+            self.changed.set()
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self.state is CircuitState.CLOSED and self._failures >= self.threshold:
+            self.state = CircuitState.OPEN
+            self.opened_at = self._clock()
+            log.warning("axis.circuit_open", failures=self._failures, probe_every_s=self.open_s)
+            self.changed.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is CircuitState.OPEN
+
+
+def _text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (message.headers or {}).items():
+        if isinstance(value, bytes):
+            out[key] = value.decode("utf-8", "replace")
+        elif isinstance(value, str | int) and not isinstance(value, bool):
+            out[key] = str(value)
+    return out
+
+
+class RelayOut:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        names: BrokerNames,
+        store: EventStore,
+        publisher: Publisher,
+        client: NationalAxisClient,
+        breaker: CircuitBreaker,
+        *,
+        retry_delays_ms: Sequence[int],
+        jitter: float = 0.2,
+        store_retry_s: float = 2.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._channel = channel
+        self._names = names
+        self._store = store
+        self._publisher = publisher
+        self._client = client
+        self._breaker = breaker
+        self._delays = tuple(retry_delays_ms)
+        self._jitter = jitter
+        self._store_retry_s = store_retry_s
+        self._clock = clock
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self.attempts = 0  # sendEdoc calls made by this process (bench and tests read it)
+
+    async def start(self) -> None:
+        # Declared passively (not looked up) so that a robust channel restores the consumer.
+        self._queue = await self._channel.declare_queue(self._names.outbound_queue, passive=True)
+        await self._resume()
+        self._probe = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        await self._pause()
+
+    async def _resume(self) -> None:
+        if self._queue is not None and self._tag is None:
+            self._tag = await self._queue.consume(self._handle)
+            log.info("relay_out.consuming", queue=self._queue.name)
+
+    async def _pause(self) -> None:
+        if self._queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(tag)
+            log.info("relay_out.paused", queue=self._queue.name)
+
+    async def _watch(self) -> None:
+        """Pause while the circuit is open; probe the axis every ``open_s``; resume on an answer."""
+        while True:
+            await self._breaker.changed.wait()
+            self._breaker.changed.clear()
+            if not self._breaker.is_open:
+                await self._resume()
+                continue
+            await self._pause()
+            while self._breaker.is_open:
+                await asyncio.sleep(self._breaker.open_s)
+                try:
+                    await self._client.count_received()
+                except AxisUnavailableError as exc:
+                    log.info("axis.probe_failed", error=str(exc))
+                    continue
+                except AxisRejectedError:
+                    pass  # it answered: it is up
+                self._breaker.success()
+            self._breaker.changed.clear()
+            await self._resume()
+
+    async def _record(self, event: TimelineEvent, key: str) -> None:
+        delay = self._store_retry_s
+        while True:
+            try:
+                await self._store.record(event, key=key)
+                return
+            except Exception as exc:
+                log.error("relay_out.store_failed", bus_id=event.bus_id, error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        headers = _text_headers(message)
+        missing = [name for name in _REQUIRED if not headers.get(name)]
+        if missing or not message.message_id:
+            await self._dead(message, headers, f"not a bus message: missing {', '.join(missing) or 'id'}")
+            return
+        bus_id, recipient = headers["x-bus-id"], headers["x-bus-recipient"]
+        attempt = int(headers.get(ATTEMPT_HEADER, "0") or 0) + 1
+        context = {"bus_id": bus_id, "recipient": recipient, "attempt": attempt}
+        if self._breaker.is_open:
+            # Taken just before the circuit opened: back to the outbound queue, no attempt used.
+            await message.nack(requeue=True)
+            return
+        self.attempts += 1
+        try:
+            doc_id = await self._client.send_edoc(
+                message.body,
+                sender=headers["x-bus-sender"],
+                to=[recipient],
+                message_type="status" if headers["x-bus-kind"] == "status" else "edoc",
+            )
+        except AxisUnavailableError as exc:
+            self._breaker.failure()
+            await self._temporary(message, headers, attempt, str(exc))
+            return
+        except AxisRejectedError as exc:
+            self._breaker.success()
+            log.warning("relay_out.rejected", **context, reason=str(exc))
+            await self._record(
+                TimelineEvent(
+                    bus_id, recipient, DeliveryState.FAILED, self._clock(), f"lần gửi {attempt}: {exc}"
+                ),
+                f"{bus_id}|{recipient}|axis|{attempt}",
+            )
+            await self._dead(message, headers, f"{exc} (attempt {attempt})")
+            return
+        self._breaker.success()
+        await self._record(
+            TimelineEvent(
+                bus_id,
+                recipient,
+                DeliveryState.SENT_TO_AXIS,
+                self._clock(),
+                f"trục quốc gia nhận, mã {doc_id} (lần gửi {attempt})",
+            ),
+            f"{bus_id}|{recipient}|axis|{attempt}",
+        )
+        await message.ack()
+        log.info("relay_out.sent", **context, axis_doc_id=doc_id)
+
+    async def _temporary(
+        self, message: AbstractIncomingMessage, headers: dict[str, str], attempt: int, reason: str
+    ) -> None:
+        bus_id, recipient = headers["x-bus-id"], headers["x-bus-recipient"]
+        if attempt > len(self._delays):
+            log.error("relay_out.gave_up", bus_id=bus_id, recipient=recipient, attempts=attempt)
+            await self._record(
+                TimelineEvent(
+                    bus_id, recipient, DeliveryState.FAILED, self._clock(), f"lần gửi {attempt}: {reason}"
+                ),
+                f"{bus_id}|{recipient}|axis|{attempt}",
+            )
+            await self._dead(message, headers, f"gave up after {attempt} attempts: {reason}")
+            return
+        delay = self._delays[attempt - 1]
+        await self._record(
+            TimelineEvent(
+                bus_id,
+                recipient,
+                DeliveryState.RETRYING,
+                self._clock(),
+                f"lần gửi {attempt} lỗi tạm thời: {reason}; thử lại sau {delay / 1000:g} giây",
+            ),
+            f"{bus_id}|{recipient}|axis|{attempt}",
+        )
+        kept = {k: v for k, v in headers.items() if k != ATTEMPT_HEADER}
+        try:
+            await self._publisher.retry(
+                self._names.outbound_queue,
+                delay,
+                message.body,
+                message_id=message.message_id or "",
+                attempt=attempt,
+                headers=kept,
+            )
+        except Exception as exc:
+            log.error("relay_out.retry_publish_failed", bus_id=bus_id, error=type(exc).__name__)
+            await asyncio.sleep(self._store_retry_s)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        log.warning("relay_out.retrying", bus_id=bus_id, recipient=recipient, attempt=attempt, in_ms=delay)
+
+    async def _dead(self, message: AbstractIncomingMessage, headers: dict[str, str], reason: str) -> None:
+        kept = {k: v for k, v in headers.items() if k != ATTEMPT_HEADER}
+        try:
+            await self._publisher.dead_letter(
+                message.body,
+                message_id=message.message_id or "(none)",
+                reason=reason,
+                source_queue=self._names.outbound_queue,
+                headers=kept,
+            )
+        except Exception as exc:  # keep it where it is; try again after a pause
+            log.error("relay_out.dead_letter_failed", error=type(exc).__name__)
+            await asyncio.sleep(self._store_retry_s)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        log.error("relay_out.dead_lettered", bus_id=headers.get("x-bus-id"), reason=reason)
+
+
+class RelayIn:
+    """Polls the national axis for this province's envelopes (documents and statuses)."""
+
+    def __init__(
+        self,
+        client: NationalAxisClient,
+        intake: Intake,
+        publisher: Publisher,
+        breaker: CircuitBreaker,
+        *,
+        interval_s: float = 10.0,
+    ) -> None:
+        self._client = client
+        self._intake = intake
+        self._publisher = publisher
+        self._breaker = breaker
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.accepted = 0
+        self.duplicates = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            if not self._breaker.is_open:
+                try:
+                    await self.poll_once()
+                except AxisUnavailableError as exc:
+                    self._breaker.failure()
+                    log.warning("relay_in.poll_failed", error=str(exc))
+                except Exception as exc:  # the store or the broker: try again next round
+                    log.error("relay_in.poll_error", error=repr(exc))
+            # Jitter keeps several processes from polling in step.
+            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
+
+    async def poll_once(self) -> int:
+        """Take in what the axis holds now; returns how many envelopes were settled with the axis."""
+        settled = 0
+        for message_type in ("edoc", "status"):
+            items = await self._client.received(message_type=message_type)
+            self._breaker.success()
+            for doc_id in dict.fromkeys(item.doc_id for item in items):  # a list may repeat an item
+                if await self._take(doc_id):
+                    settled += 1
+        return settled
+
+    async def _take(self, doc_id: str) -> bool:
+        try:
+            body = await self._client.get_edoc(doc_id)
+        except AxisRejectedError as exc:
+            log.warning("relay_in.fetch_refused", axis_doc_id=doc_id, reason=str(exc))
+            return False
+        outcome = "done"
+        try:
+            accepted = await self._intake.accept_from_axis(body)
+            self.accepted += 1
+            log.info("relay_in.accepted", axis_doc_id=doc_id, bus_id=accepted.bus_id)
+        except DuplicateEnvelopeError as exc:
+            self.duplicates += 1
+            log.info("relay_in.duplicate", axis_doc_id=doc_id, bus_id=exc.bus_id)
+        except InputError as exc:
+            # Kept for an operator (with the reason), then reported to the axis as failed.
+            self.refused += 1
+            await self._publisher.dead_letter(
+                body,
+                message_id=f"axis|{doc_id}",
+                reason=f"from the national axis (DocId {doc_id}): {exc}",
+                source_queue=AXIS_SOURCE,
+            )
+            log.warning("relay_in.refused", axis_doc_id=doc_id, reason=str(exc))
+            outcome = "fail"
+        await self._client.update_status(doc_id, outcome)
+        return True
+
+
+class AxisLink:
+    """Everything of one process's national-axis link, started and stopped together."""
+
+    def __init__(self, client: NationalAxisClient, out: RelayOut, into: RelayIn, breaker: CircuitBreaker):
+        self.client = client
+        self.out = out
+        self.into = into
+        self.breaker = breaker
+
+    async def start(self) -> None:
+        await self.out.start()
+        self.into.start()
+
+    async def stop(self) -> None:
+        await self.into.stop()
+        await self.out.stop()
+        await self.client.close()
