@@ -15,6 +15,8 @@ from pathlib import Path
 from lxml import etree
 
 from bus.checks import sender_text
+from bus.cli_axis import add_commands as add_axis_commands
+from bus.cli_operator import add_commands as add_operator_commands
 from bus.cli_service import add_commands
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
 from bus.envelope import check_tree, read_envelope
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     pki_init.set_defaults(handler=cmd_pki_init)
 
     add_commands(commands)
+    add_operator_commands(commands)
+    add_axis_commands(commands)
     return parser
 
 

@@ -27,6 +27,7 @@ class DeliveryState(enum.StrEnum):
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD_LETTERED = "dead-lettered"
+    REPLAYED = "replayed"  # an operator sent a dead letter back to its queue (``bus replay``)
     RELATED = "related"  # a revocation, update, replacement or take-back concerns this document
 
     @property
@@ -46,6 +47,7 @@ _LABELS = {
     DeliveryState.RETRYING: "Đang thử gửi lại",
     DeliveryState.FAILED: "Gửi thất bại",
     DeliveryState.DEAD_LETTERED: "Chuyển vào hàng lỗi",
+    DeliveryState.REPLAYED: "Cán bộ vận hành cho gửi lại",
     DeliveryState.RELATED: "Có văn bản liên quan",
 }
 

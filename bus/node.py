@@ -23,6 +23,7 @@ from adapters.http import ApiContext, create_app
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
+from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
@@ -93,6 +94,7 @@ class Node:
     api: ApiContext
     worker: InboxWorker | None
     axis: AxisLink | None = None
+    dead_letters: DeadLetterWorker | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, workers: bool = True) -> Node:
@@ -135,6 +137,13 @@ class Node:
                 consume, topology, names, store, Publisher(await open_channel(connection), names)
             )
             await worker.start()
+        dead_letters = None
+        if workers:
+            # Dead letters go to the store, where operators list and replay them (bus deadletters).
+            dead_channel = await connection.channel()
+            await dead_channel.set_qos(prefetch_count=16)
+            dead_letters = DeadLetterWorker(dead_channel, names, store)
+            await dead_letters.start()
         axis = None
         if workers and settings.national_axis.endpoint is not None:
             axis = await _axis_link(settings, connection, names, store, intake)
@@ -146,7 +155,7 @@ class Node:
             workers=workers,
             national_axis=settings.national_axis.endpoint,
         )
-        return cls(settings, store, connection, intake, api, worker, axis)
+        return cls(settings, store, connection, intake, api, worker, axis, dead_letters)
 
     async def stop(self) -> None:
         if self.axis is not None:
@@ -155,6 +164,9 @@ class Node:
         if self.worker is not None:
             with contextlib.suppress(Exception):
                 await self.worker.stop()
+        if self.dead_letters is not None:
+            with contextlib.suppress(Exception):
+                await self.dead_letters.stop()
         with contextlib.suppress(Exception):
             await self.connection.close()
         await self.store.close()
@@ -189,6 +201,9 @@ class Node:
             self.axis = None
         if self.worker is not None:
             await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
+        if self.dead_letters is not None:
+            await self.dead_letters.stop()
+            self.dead_letters = None
         if server is not None:
             server.should_exit = True
         for task in tasks:
@@ -224,7 +239,15 @@ async def _axis_link(
     link = AxisLink(
         client,
         RelayOut(channel, names, store, publisher, client, breaker, retry_delays_ms=axis.retry_delays_ms),
-        RelayIn(client, intake, publisher, breaker, interval_s=axis.poll_interval_s),
+        RelayIn(
+            client,
+            intake,
+            publisher,
+            breaker,
+            channel=channel,
+            names=names,
+            interval_s=axis.poll_interval_s,
+        ),
         breaker,
     )
     await link.start()

@@ -2,8 +2,9 @@
 # The main job, end to end on this machine: the example province's exchange axis running on a local
 # RabbitMQ. Documents go province -> district -> commune, commune -> province and province -> every
 # commune of a district; recipients pull their inboxes and the district sends statuses 03 and 06 back;
-# the status table shows each recipient's state. Before that, the offline checks: validation, signing,
-# three hops and tamper detection.
+# the status table shows each recipient's state. Then the national axis (a mock one, run here): a
+# document leaves for a ministry, and one arrives from a second province running its own bus. Before
+# all that, the offline checks: validation, signing, three hops and tamper detection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 out=demo-out
 config=config/example-province.toml
+config2=config/example-province-2.toml
 rm -rf "$out"; mkdir -p "$out"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -19,8 +21,9 @@ sender_of() {
     print(sender_text(etree.parse(sys.argv[1]).getroot()))' "$1"
 }
 
-step "1. Development PKI for the example province (fresh keys)"
+step "1. Development PKI for the example province and a second one (fresh keys)"
 bus pki init --topology "$config" --out "$out/pki"
+bus pki init --topology "$config2" --out "$out/pki-h98"
 
 step "2. Validate the example envelopes (schema + business checks)"
 bus validate examples/*.edxml
@@ -28,7 +31,9 @@ bus validate examples/*.edxml
 step "3. Sign each envelope as its sending agency"
 for file in examples/*.edxml; do
   sender=$(sender_of "$file")
-  bus sign --key "$out/pki/nodes/$sender.key" --cert "$out/pki/nodes/$sender.pem" \
+  pki="$out/pki"; [[ "$sender" == *.H98 ]] && pki="$out/pki-h98"
+  [ -f "$pki/nodes/$sender.key" ] || continue  # a ministry's envelope: not ours to sign
+  bus sign --key "$pki/nodes/$sender.key" --cert "$pki/nodes/$sender.pem" \
     "$file" -o "$out/$(basename "$file" .edxml).signed.edxml"
 done
 
@@ -48,28 +53,38 @@ for path in sorted(out.glob("*.signed.edxml")):
     target.write_bytes(etree.tostring(tree, encoding="UTF-8", xml_declaration=True))
     print(f"{target}: 3 trace headers appended")
 PY
-bus verify --ca "$out/pki/ca.pem" "$out"/hops/*.signed.edxml
+bus verify --ca "$out/pki/ca.pem" --ca "$out/pki-h98/ca.pem" "$out"/hops/*.signed.edxml
 
 step "5. A tampered envelope is refused (exit status 1 expected)"
-first=$(ls "$out"/hops/*.signed.edxml | head -n 1)
+first=$(ls "$out"/hops/*.signed.edxml | grep -v tinh-thu | head -n 1)
 sed 's/<edXML:Subject>/<edXML:Subject>[ĐÃ SỬA] /' "$first" > "$out/tampered.edxml"
 if bus verify --ca "$out/pki/ca.pem" "$out/tampered.edxml"; then
   echo "DEMO FAILED: a tampered envelope verified"; exit 1
 fi
 echo "refused, as it must be"
 
-step "6. Start the bus: bus serve --config $config (log: $out/serve.log)"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done' EXIT
+wait_up() {  # wait_up URL PID LOG
+  for _ in $(seq 1 60); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { echo "$3: the process exited:"; cat "$3"; exit 1; }
+    sleep 0.5
+  done
+  echo "not up after 30 s: $1"; cat "$3"; exit 1
+}
+
+step "6. Start the mock national axis, this province's bus, and a second province's bus"
+bus mock-axis --config config/mock-axis.toml --port 9090 --database "sqlite+aiosqlite:///$out/mock-axis.db" \
+  >"$out/mock-axis.log" 2>&1 &
+pids+=($!); wait_up http://127.0.0.1:9090/_mock/faults "$!" "$out/mock-axis.log"
+echo "mock national axis on http://127.0.0.1:9090 (systems: tỉnh Mẫu, tỉnh Thử, Bộ Tài chính)"
 bus serve --config "$config" --json-logs >"$out/serve.log" 2>&1 &
-serve_pid=$!
-trap 'kill "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null || true' EXIT
-url="http://127.0.0.1:8080"
-for _ in $(seq 1 60); do
-  curl -fsS "$url/healthz" >/dev/null 2>&1 && break
-  kill -0 "$serve_pid" 2>/dev/null || { echo "bus serve exited:"; cat "$out/serve.log"; exit 1; }
-  sleep 0.5
-done
-curl -fsS "$url/healthz" >/dev/null || { echo "bus serve did not start:"; cat "$out/serve.log"; exit 1; }
-echo "bus serve is up on $url (OpenAPI: $url/v1/openapi.json)"
+pids+=($!); url="http://127.0.0.1:8080"; wait_up "$url/healthz" "$!" "$out/serve.log"
+echo "bus serve --config $config is up on $url (OpenAPI: $url/v1/openapi.json; log: $out/serve.log)"
+bus serve --config "$config2" --json-logs >"$out/serve-h98.log" 2>&1 &
+pids+=($!); wait_up "http://127.0.0.1:8081/healthz" "$!" "$out/serve-h98.log"
+echo "bus serve --config $config2 is up on http://127.0.0.1:8081 (log: $out/serve-h98.log)"
 
 send() {  # send AGENCY FILE -> prints the bus id
   local id; id=$(bus send --config "$config" --as "$1" "$2")
@@ -108,8 +123,43 @@ bus status --config "$config" "000.00.00.H99,2026/11/20,1234/UBND-KGVX"
 echo
 bus status --config "$config" "000.00.00.H99,2026/11/23,1250/UBND-NC"
 
+step "12. Leaving the province: Sở Tài chính reports to Bộ Tài chính (a ministry) through the axis"
+send 000.00.02.H99 examples/so-tai-chinh-gui-bo-tai-chinh.edxml >/dev/null
+python - <<'PY'
+import asyncio, time
+from adapters.national_axis.client import NationalAxisClient
+
+async def main() -> None:
+    # The ministry's own system, as the national axis's SDK would call it.
+    ministry = NationalAxisClient("http://127.0.0.1:9090", "000.00.00.G12", "demo-only-axis-G12-secret")
+    deadline = time.monotonic() + 30
+    while not (items := await ministry.received()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    for item in items:
+        body = await ministry.get_edoc(item.doc_id)
+        print(f"Bộ Tài chính sees on the national axis: DocId {item.doc_id} from {item.sender}, {len(body)} bytes")
+        await ministry.update_status(item.doc_id, "done")
+    await ministry.close()
+    if not items:
+        raise SystemExit("DEMO FAILED: nothing reached the ministry")
+
+asyncio.run(main())
+PY
+bus status --config "$config" "000.00.02.H99,2026/11/24,512/STC-NS"
+
+step "13. Arriving from another province: tỉnh Thử (its own bus) writes to the People's Committee"
+bus send --config "$config2" --as 000.00.00.H98 "$(signed examples/tinh-thu-gui-tinh-mau.edxml)"
+for _ in $(seq 1 60); do
+  bus inbox --config "$config" --as 000.00.00.H99 | grep -q "000.00.00.H98" && break
+  sleep 0.5
+done
+bus inbox --config "$config" --as 000.00.00.H99 --fetch "$out/inbox/tu-tinh-thu" --ack done
+echo "it verifies against tỉnh Thử's CA (its sender's signature and both axes'):"
+bus verify --ca "$out/pki/ca.pem" --ca "$out/pki-h98/ca.pem" "$out"/inbox/tu-tinh-thu/*.edxml
+bus status --config "$config2" "000.00.00.H98,2026/11/25,77/UBND-KT"
+
 if [ -d ../shared/interop ]; then
-  step "12. Real envelopes from ../shared/interop (see README: which pass and why not)"
+  step "14. Real envelopes from ../shared/interop (see README: which pass and why not)"
   bus validate ../shared/interop/*/*.edxml 2>&1 || true
 fi
 printf '\nDemo finished: outputs in %s/ (bus serve stops now)\n' "$out"

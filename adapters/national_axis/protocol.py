@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,22 +59,39 @@ def _java_hash(text: str) -> int:
     return h
 
 
+def _spread(key: str) -> int:
+    h = _java_hash(key)
+    return h ^ (h >> 16)
+
+
 def java_hashmap_order(keys: Iterable[str]) -> list[str]:
     """Iteration order of a ``java.util.HashMap`` after putting *keys* in this order (repeats ignored).
 
-    Bucket = ``(h ^ (h >>> 16)) & (cap - 1)``; the capacity starts at 16 and doubles once the size
-    exceeds 0.75 of it; a bucket keeps insertion order, and a resize keeps it within each half."""
-    inserted = list(dict.fromkeys(keys))
-    capacity = 16
-    while len(inserted) > capacity * 3 // 4:
-        capacity *= 2
+    A replay of ``HashMap.putVal``: bucket = ``(h ^ (h >>> 16)) & (cap - 1)``, a bucket keeps insertion
+    order (appended at its tail; a resize splits it keeping the order), and the table doubles from 16
+    when the size exceeds 0.75 of the capacity, and also when one bucket reaches 9 entries while the
+    capacity is below 64 (``treeifyBin`` resizes instead of making a tree). A sort by final bucket alone
+    misses that second resize: 7 keys in bucket 15 with ``timestamp`` and ``Content-Type`` reorder them.
+    Tree bins (a bucket of 9 or more once the capacity is 64) are not replayed: they need 8 colliding
+    keys or more than 48 keys, which no SDK call sends."""
+    table: list[list[str]] = [[] for _ in range(16)]
+    for size, key in enumerate(dict.fromkeys(keys), start=1):
+        bucket = table[_spread(key) & (len(table) - 1)]
+        bucket.append(key)
+        if len(bucket) > 8 and len(table) < 64:  # TREEIFY_THRESHOLD 8, MIN_TREEIFY_CAPACITY 64
+            table = _resized(table)
+        if size > len(table) * 3 // 4:  # then putVal's own check, against the new threshold
+            table = _resized(table)
+    return [key for bucket in table for key in bucket]
 
-    def bucket(key: str) -> int:
-        h = _java_hash(key)
-        return (h ^ (h >> 16)) & (capacity - 1)
 
-    # Within a bucket, the order is insertion order whatever resizes happened (Java 8 split keeps it).
-    return sorted(inserted, key=lambda k: (bucket(k), inserted.index(k)))
+def _resized(table: list[list[str]]) -> list[list[str]]:
+    capacity = 2 * len(table)
+    grown: list[list[str]] = [[] for _ in range(capacity)]
+    for bucket in table:
+        for key in bucket:
+            grown[_spread(key) & (capacity - 1)].append(key)
+    return grown
 
 
 def gson_string(text: str) -> str:
@@ -165,7 +182,7 @@ class SignedRequest:
     params: dict[str, str]
 
 
-def verify_request(raw_headers: Mapping[str, bytes], secret_of: Any) -> SignedRequest:
+def verify_request(raw_headers: Mapping[str, bytes], secret_of: Callable[[str], str | None]) -> SignedRequest:
     """Check one request's signature. *raw_headers* maps lower-case names to the raw header bytes;
     *secret_of(system_id)* returns the system's secret or None.
 

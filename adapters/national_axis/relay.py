@@ -34,6 +34,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from adapters.national_axis.client import NationalAxisClient
+from adapters.rabbitmq.deadletters import REPLAY_HEADER
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import ATTEMPT_HEADER, Publisher
 from bus.delivery import DeliveryState, TimelineEvent
@@ -45,7 +46,7 @@ __all__ = ["AxisLink", "CircuitBreaker", "CircuitState", "RelayIn", "RelayOut"]
 log = structlog.get_logger("bus.relay")
 
 _REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind")
-AXIS_SOURCE = "national-axis"  # the "source queue" of an envelope the relay-in could not accept
+AXIS_DOC_HEADER = "x-bus-axis-doc-id"  # the national axis's DocId of an envelope that came from it
 
 
 class EventStore(Protocol):
@@ -100,6 +101,12 @@ def _text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
         elif isinstance(value, str | int) and not isinstance(value, bool):
             out[key] = str(value)
     return out
+
+
+def _attempt_key(headers: dict[str, str], attempt: int) -> str:
+    """Event key of one attempt; an operator's replay starts the count again, so it is part of it."""
+    replay = headers.get(REPLAY_HEADER, "")
+    return f"{headers['x-bus-id']}|{headers['x-bus-recipient']}|axis|{replay}|{attempt}"
 
 
 class RelayOut:
@@ -199,6 +206,7 @@ class RelayOut:
             return
         bus_id, recipient = headers["x-bus-id"], headers["x-bus-recipient"]
         attempt = int(headers.get(ATTEMPT_HEADER, "0") or 0) + 1
+        key = _attempt_key(headers, attempt)
         context = {"bus_id": bus_id, "recipient": recipient, "attempt": attempt}
         if self._breaker.is_open:
             # Taken just before the circuit opened: back to the outbound queue, no attempt used.
@@ -223,7 +231,7 @@ class RelayOut:
                 TimelineEvent(
                     bus_id, recipient, DeliveryState.FAILED, self._clock(), f"lần gửi {attempt}: {exc}"
                 ),
-                f"{bus_id}|{recipient}|axis|{attempt}",
+                key,
             )
             await self._dead(message, headers, f"{exc} (attempt {attempt})")
             return
@@ -236,7 +244,7 @@ class RelayOut:
                 self._clock(),
                 f"trục quốc gia nhận, mã {doc_id} (lần gửi {attempt})",
             ),
-            f"{bus_id}|{recipient}|axis|{attempt}",
+            key,
         )
         await message.ack()
         log.info("relay_out.sent", **context, axis_doc_id=doc_id)
@@ -251,7 +259,7 @@ class RelayOut:
                 TimelineEvent(
                     bus_id, recipient, DeliveryState.FAILED, self._clock(), f"lần gửi {attempt}: {reason}"
                 ),
-                f"{bus_id}|{recipient}|axis|{attempt}",
+                _attempt_key(headers, attempt),
             )
             await self._dead(message, headers, f"gave up after {attempt} attempts: {reason}")
             return
@@ -264,7 +272,7 @@ class RelayOut:
                 self._clock(),
                 f"lần gửi {attempt} lỗi tạm thời: {reason}; thử lại sau {delay / 1000:g} giây",
             ),
-            f"{bus_id}|{recipient}|axis|{attempt}",
+            _attempt_key(headers, attempt),
         )
         kept = {k: v for k, v in headers.items() if k != ATTEMPT_HEADER}
         try:
@@ -275,6 +283,8 @@ class RelayOut:
                 message_id=message.message_id or "",
                 attempt=attempt,
                 headers=kept,
+                # Jitter: a burst of failures does not come back as one burst.
+                wait_ms=int(delay * random.uniform(1 - self._jitter, 1)),  # noqa: S311 - not security
             )
         except Exception as exc:
             log.error("relay_out.retry_publish_failed", bus_id=bus_id, error=type(exc).__name__)
@@ -313,22 +323,34 @@ class RelayIn:
         publisher: Publisher,
         breaker: CircuitBreaker,
         *,
+        channel: AbstractChannel,
+        names: BrokerNames,
         interval_s: float = 10.0,
     ) -> None:
         self._client = client
         self._intake = intake
         self._publisher = publisher
         self._breaker = breaker
+        self._channel = channel
+        self._names = names
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._replays: tuple[AbstractQueue, str] | None = None
         self.accepted = 0
         self.duplicates = 0
         self.refused = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        queue = await self._channel.declare_queue(self._names.axis_inbound_queue, passive=True)
+        self._replays = (queue, await queue.consume(self._replayed))
 
     async def stop(self) -> None:
+        if self._replays is not None:
+            queue, tag = self._replays
+            self._replays = None
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -365,27 +387,49 @@ class RelayIn:
         except AxisRejectedError as exc:
             log.warning("relay_in.fetch_refused", axis_doc_id=doc_id, reason=str(exc))
             return False
-        outcome = "done"
+        outcome = "done" if await self._accept(body, doc_id) else "fail"
+        await self._client.update_status(doc_id, outcome)
+        return True
+
+    async def _accept(self, body: bytes, doc_id: str) -> bool:
+        """Through the intake; True when accepted (or already was), False when refused and kept in
+        the dead-letter queue with the reason (a replay brings it back through the intake)."""
         try:
             accepted = await self._intake.accept_from_axis(body)
             self.accepted += 1
             log.info("relay_in.accepted", axis_doc_id=doc_id, bus_id=accepted.bus_id)
+            return True
         except DuplicateEnvelopeError as exc:
             self.duplicates += 1
             log.info("relay_in.duplicate", axis_doc_id=doc_id, bus_id=exc.bus_id)
+            return True
         except InputError as exc:
-            # Kept for an operator (with the reason), then reported to the axis as failed.
             self.refused += 1
             await self._publisher.dead_letter(
                 body,
                 message_id=f"axis|{doc_id}",
                 reason=f"from the national axis (DocId {doc_id}): {exc}",
-                source_queue=AXIS_SOURCE,
+                source_queue=self._names.axis_inbound_queue,
+                headers={AXIS_DOC_HEADER: doc_id},
             )
             log.warning("relay_in.refused", axis_doc_id=doc_id, reason=str(exc))
-            outcome = "fail"
-        await self._client.update_status(doc_id, outcome)
-        return True
+            return False
+
+    async def _replayed(self, message: AbstractIncomingMessage) -> None:
+        """An operator replayed an envelope the intake had refused (after fixing, say, a trust
+        anchor): through the intake again; if accepted now, the axis hears ``done`` after all."""
+        doc_id = _text_headers(message).get(AXIS_DOC_HEADER, message.message_id or "?")
+        try:
+            accepted = await self._accept(message.body, doc_id)
+        except Exception as exc:  # the store or the broker: leave it in the queue for later
+            log.error("relay_in.replay_failed", axis_doc_id=doc_id, error=repr(exc))
+            await asyncio.sleep(2.0)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+        if accepted:
+            with contextlib.suppress(AxisUnavailableError, AxisRejectedError):
+                await self._client.update_status(doc_id, "done")
 
 
 class AxisLink:
@@ -399,7 +443,7 @@ class AxisLink:
 
     async def start(self) -> None:
         await self.out.start()
-        self.into.start()
+        await self.into.start()
 
     async def stop(self) -> None:
         await self.into.stop()

@@ -72,6 +72,7 @@ async def declare_topology(
     outbound = await channel.declare_queue(names.outbound_queue, durable=True, arguments=_quorum(names))
     await outbound.bind(deliver, routing_key="outbound")
     await _retry_queues(channel, names.outbound_queue, names, retry_delays)
+    await channel.declare_queue(names.axis_inbound_queue, durable=True, arguments=_quorum(names))
     for agency in topology.agencies:
         inbox = await channel.declare_queue(
             names.inbox(agency.organ_id), durable=True, arguments=_quorum(names)

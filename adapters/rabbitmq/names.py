@@ -27,6 +27,12 @@ class BrokerNames:
         return f"{self.prefix}.outbound"
 
     @property
+    def axis_inbound_queue(self) -> str:
+        """Envelopes from the national axis that an operator replays through the intake again (the
+        relay-in takes new arrivals straight from the axis; this queue is for second chances)."""
+        return f"{self.prefix}.axis-inbound"
+
+    @property
     def dead_letter_exchange(self) -> str:
         return f"{self.prefix}.dlx"
 

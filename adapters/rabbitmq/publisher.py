@@ -3,6 +3,7 @@ taken responsibility for the message; an unroutable or refused message raises, n
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 import aio_pika
@@ -18,6 +19,9 @@ HeaderValue = str | int | bool
 REASON_HEADER = "x-bus-reason"
 ATTEMPT_HEADER = "x-bus-attempt"
 SOURCE_HEADER = "x-bus-source-queue"
+# One dead-lettering, one id: the dead-letter worker stores each event once however often the broker
+# redelivers it, and the same message dead-lettered again (after a replay) is a new event.
+DEAD_ID_HEADER = "x-bus-dead-id"
 
 
 async def open_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -47,10 +51,13 @@ class Publisher:
         body: bytes,
         message_id: str,
         headers: Mapping[str, HeaderValue],
+        expiration_ms: int | None = None,
     ) -> None:
         message = aio_pika.Message(
             body,
             message_id=message_id,
+            # Per-message TTL, below the retry queue's own: the jitter of a back-off tier.
+            expiration=None if expiration_ms is None else expiration_ms / 1000,
             content_type="application/xml",
             content_encoding="utf-8",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -83,11 +90,18 @@ class Publisher:
         message_id: str,
         attempt: int,
         headers: Mapping[str, HeaderValue] = {},
+        wait_ms: int | None = None,
     ) -> None:
-        """Park a message in *target_queue*'s retry queue; it comes back after *delay_ms*."""
+        """Park a message in *target_queue*'s retry queue; it comes back after *delay_ms* (the queue's
+        TTL), or after *wait_ms* when given (at most *delay_ms*: jitter within the tier)."""
         queue = self._names.retry_queue(target_queue, delay_ms)
         await self._publish(
-            self._channel.default_exchange, queue, body, message_id, {**headers, ATTEMPT_HEADER: attempt}
+            self._channel.default_exchange,
+            queue,
+            body,
+            message_id,
+            {**headers, ATTEMPT_HEADER: attempt},
+            None if wait_ms is None else min(wait_ms, delay_ms),
         )
 
     async def dead_letter(
@@ -102,5 +116,21 @@ class Publisher:
         """Keep a message that cannot be delivered, with the reason an operator will read."""
         exchange = await self._channel.get_exchange(self._names.dead_letter_exchange, ensure=False)
         await self._publish(
-            exchange, "", body, message_id, {**headers, REASON_HEADER: reason, SOURCE_HEADER: source_queue}
+            exchange,
+            "",
+            body,
+            message_id,
+            {
+                **headers,
+                REASON_HEADER: reason,
+                SOURCE_HEADER: source_queue,
+                DEAD_ID_HEADER: uuid.uuid4().hex,
+            },
         )
+
+    async def to_queue(
+        self, queue: str, body: bytes, *, message_id: str, headers: Mapping[str, HeaderValue] = {}
+    ) -> None:
+        """Publish straight into *queue* through the default exchange (an operator's replay);
+        :class:`~bus.errors.UnroutableError` when no such queue exists."""
+        await self._publish(self._channel.default_exchange, queue, body, message_id, headers)

@@ -4,20 +4,21 @@ status, then acknowledge the message" survives a crash between the two without l
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Insert, bindparam, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from adapters.store.tables import deliveries, documents, events, inbox, metadata, nonces
+from adapters.store.tables import dead_letters, deliveries, documents, events, inbox, metadata, nonces
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.errors import ConfigError
 
-__all__ = ["DeliveryRow", "InboxItem", "StatusStore"]
+__all__ = ["DeadLetter", "DeliveryRow", "InboxItem", "StatusStore"]
 
 # A delivery only moves forward: a late or redelivered event never takes it back (queued after
 # fetched, say). States of equal rank replace each other (processing -> done).
@@ -33,6 +34,9 @@ _RANK = {
     DeliveryState.FAIL: 5,
     DeliveryState.FAILED: 5,
     DeliveryState.DEAD_LETTERED: 5,
+    # Set only by :meth:`StatusStore.mark_replayed` (the one step back); what follows a replay
+    # (queued, sent to the axis, fetched) moves the delivery on again.
+    DeliveryState.REPLAYED: 1,
     DeliveryState.RELATED: 0,
 }
 
@@ -90,6 +94,51 @@ def _inbox_item(row: Any, *, body: bool = False) -> InboxItem:
 _INBOX_LIST = [c for c in inbox.c if c.name != "body"]
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message of the dead-letter queue as the store keeps it. ``id`` is 0 until stored; ``body`` is
+    None in listings; ``headers`` are what a replay puts back on the message."""
+
+    dead_key: str
+    message_id: str
+    source_queue: str
+    reason: str
+    dead_at: dt.datetime
+    bus_id: str | None = None
+    recipient: str | None = None
+    sender: str | None = None
+    document_id: str | None = None
+    kind: str | None = None
+    headers: dict[str, str | int | bool] = field(default_factory=dict)
+    body: bytes | None = None
+    id: int = 0
+    replayed_at: dt.datetime | None = None
+    replay_count: int = 0
+
+
+def _dead_letter(row: Any, *, body: bool = False) -> DeadLetter:
+    return DeadLetter(
+        id=row.id,
+        dead_key=row.dead_key,
+        message_id=row.message_id,
+        source_queue=row.source_queue,
+        reason=row.reason,
+        dead_at=_utc(row.dead_at),
+        bus_id=row.bus_id,
+        recipient=row.recipient,
+        sender=row.sender,
+        document_id=row.document_id,
+        kind=row.kind,
+        headers=json.loads(row.headers),
+        body=bytes(row.body) if body else None,
+        replayed_at=_utc(row.replayed_at) if row.replayed_at else None,
+        replay_count=row.replay_count,
+    )
+
+
+_DEAD_LIST = [c for c in dead_letters.c if c.name != "body"]
+
+
 def _document(row: Any) -> AcceptedDocument:
     return AcceptedDocument(
         bus_id=row.bus_id,
@@ -121,6 +170,7 @@ class StatusStore:
         ins = self._insert_ignoring_duplicates
         self._ins_documents, self._ins_deliveries = ins(documents), ins(deliveries)
         self._ins_events, self._ins_inbox, self._ins_nonces = ins(events), ins(inbox), ins(nonces)
+        self._ins_dead_letters = ins(dead_letters)
         self._q_dedupe = select(documents.c.bus_id, documents.c.confirmed, documents.c.envelope_sha256).where(
             documents.c.dedupe_key == bindparam("p_key")
         )
@@ -554,6 +604,106 @@ class StatusStore:
                 .group_by(inbox.c.agency)
             )
             return {agency: count for agency, count in rows}
+
+    # -- dead letters --------------------------------------------------------------------------------
+
+    async def store_dead_letter(self, item: DeadLetter) -> bool:
+        """Keep a message of the dead-letter queue; the dead-letter worker calls this *before*
+        acknowledging it. False for a repeat (the same ``dead_key``: a redelivery after a crash).
+
+        When it was a delivery this store knows, the same transaction writes a ``dead-lettered`` event
+        with the reason on the document's timeline, and the delivery moves to that state.
+        """
+        async with self._engine.begin() as conn:
+            inserted = await conn.execute(
+                self._ins_dead_letters,
+                {
+                    "dead_key": item.dead_key,
+                    "message_id": item.message_id,
+                    "bus_id": item.bus_id,
+                    "recipient": item.recipient,
+                    "sender": item.sender,
+                    "document_id": item.document_id,
+                    "kind": item.kind,
+                    "source_queue": item.source_queue,
+                    "reason": item.reason,
+                    "headers": json.dumps(item.headers, ensure_ascii=False, sort_keys=True),
+                    "body": b"" if item.body is None else item.body,
+                    "dead_at": item.dead_at,
+                    "replay_count": 0,
+                },
+            )
+            if not inserted.rowcount:
+                return False
+            if item.bus_id and item.recipient and await self._has_delivery(conn, item.bus_id, item.recipient):
+                event = TimelineEvent(
+                    item.bus_id, item.recipient, DeliveryState.DEAD_LETTERED, item.dead_at, item.reason
+                )
+                await self._events(conn, [(event, f"{item.bus_id}|{item.recipient}|dead|{item.dead_key}")])
+        return True
+
+    async def _has_delivery(self, conn: AsyncConnection, bus_id: str, recipient: str) -> bool:
+        # Events reference documents: a dead letter of a document this store never recorded (or not a
+        # bus message at all) is kept without a timeline event rather than failing its write forever.
+        query = select(deliveries.c.state).where(
+            deliveries.c.bus_id == bus_id, deliveries.c.recipient == recipient
+        )
+        return (await conn.execute(query)).first() is not None
+
+    async def dead_letters(
+        self, *, include_replayed: bool = False, limit: int = 100, before_id: int | None = None
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first, without bodies; *include_replayed*: also those an operator
+        replayed; *before_id*: the next page after the smallest id of the previous one."""
+        query = select(*_DEAD_LIST)
+        if not include_replayed:
+            query = query.where(dead_letters.c.replayed_at.is_(None))
+        if before_id is not None:
+            query = query.where(dead_letters.c.id < before_id)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
+            return [_dead_letter(r) for r in rows]
+
+    async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        """One dead letter with its body."""
+        async with self._engine.connect() as conn:
+            query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+            row = (await conn.execute(query)).first()
+        return None if row is None else _dead_letter(row, body=True)
+
+    async def mark_replayed(self, dead_letter_id: int, at: dt.datetime) -> DeadLetter | None:
+        """Record that the dead letter went back to its queue (after the broker confirmed it): its
+        ``replayed_at`` and ``replay_count``, a ``replayed`` event on the delivery's timeline, and the
+        delivery taken from ``dead-lettered`` back to ``replayed``. None for an unknown id."""
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(dead_letters)
+                    .where(dead_letters.c.id == dead_letter_id)
+                    .values(replayed_at=at, replay_count=dead_letters.c.replay_count + 1)
+                    .returning(*_DEAD_LIST)
+                )
+            ).first()
+            if row is None:
+                return None
+            item = _dead_letter(row)
+            bus_id, recipient = item.bus_id, item.recipient
+            if bus_id and recipient and await self._has_delivery(conn, bus_id, recipient):
+                detail = f"dead letter {item.id} replayed to {item.source_queue}"
+                event = TimelineEvent(bus_id, recipient, DeliveryState.REPLAYED, at, detail)
+                key = f"{bus_id}|{recipient}|replay|{item.id}|{item.replay_count}"
+                await self._events(conn, [(event, key)])
+                # The one step back the forward-only rule allows: dead-lettered (rank 5) -> replayed.
+                await conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.bus_id == bus_id,
+                        deliveries.c.recipient == recipient,
+                        deliveries.c.state == DeliveryState.DEAD_LETTERED.value,
+                    )
+                    .values(state=DeliveryState.REPLAYED.value, updated_at=at)
+                )
+            return item
 
     # -- request nonces ------------------------------------------------------------------------------
 

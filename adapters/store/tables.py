@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["deliveries", "documents", "events", "inbox", "metadata", "nonces"]
+__all__ = ["dead_letters", "deliveries", "documents", "events", "inbox", "metadata", "nonces"]
 
 metadata = MetaData()
 
@@ -105,4 +105,31 @@ nonces = Table(
     Column("nonce", String(64), primary_key=True),
     Column("seen_at", DateTime(timezone=True), nullable=False),
     Index("ix_request_nonces_seen_at", "seen_at"),
+)
+
+# Messages of the dead-letter queue, kept for operators to read and replay (``bus deadletters``,
+# ``bus replay``). ``dead_key`` names one dead-lettering: the worker writes it before acknowledging, so
+# a redelivery after a crash lands once. No foreign key to ``documents``: a dead letter may be a message
+# no bus ever accepted (published by hand, or by another system).
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("dead_key", String(128), nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("bus_id", String(36)),
+    Column("recipient", String(32)),
+    Column("sender", String(32)),
+    Column("document_id", String(256)),
+    Column("kind", String(16)),
+    Column("source_queue", String(256), nullable=False),  # "" when nothing says where it came from
+    Column("reason", Text, nullable=False),
+    Column("headers", Text, nullable=False),  # JSON: the headers a replay puts back on the message
+    Column("body", LargeBinary, nullable=False),
+    Column("dead_at", DateTime(timezone=True), nullable=False),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("replay_count", Integer, nullable=False, default=0),
+    UniqueConstraint("dead_key", name="uq_dead_letters_dead_key"),
+    Index("ix_dead_letters_dead_at", "dead_at"),
+    Index("ix_dead_letters_replayed_at", "replayed_at", "id"),
 )

@@ -63,6 +63,7 @@ async def _delete_declared(
     queues = [
         names.dead_letter_queue,
         names.outbound_queue,
+        names.axis_inbound_queue,
         *(names.retry_queue(names.outbound_queue, d) for d in delays),
         *(names.inbox(a.organ_id) for a in agencies),
     ]

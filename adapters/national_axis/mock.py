@@ -1,0 +1,158 @@
+"""A mock national axis (VDXP) that speaks the Java SDK's wire format (``national-axis-protocol.md``):
+the operations of §3 at ``POST /<operation>`` (``GET /downloadEdoc``), authenticated by the signed
+``XroadVnpt-*`` headers, with its state in a real database (:mod:`adapters.national_axis.mock_store`).
+
+Modules: :mod:`~adapters.national_axis.mock_config` (the TOML file, the faults),
+:mod:`~adapters.national_axis.mock_sending` (what sendEdoc checks and where it routes),
+:mod:`~adapters.national_axis.mock_app` (the operations); this one runs it.
+
+It lets the bus's axis adapter be tested end to end, and the SDK's own example be pointed at it. It is
+not the real axis: where the real one's behaviour is unknown ([?] in the protocol notes) it does the
+strict thing and says so in ``ErrorDesc``. Parameters are read only from the signed sign-header
+(never from a plain header), and a sender may only send as an organisation its system serves.
+
+Error codes (``ErrorCode``; the real axis's codes are unknown, these only need to be non-zero)::
+
+    0    success                          400  bad parameter or envelope (hostile XML included)
+    401  authentication failed (HTTP 401) 403  forged sender, or the item is not this system's
+    404  unknown recipient, item, agency or operation
+    413  body too large                   500  injected failure (fail_next)
+    503  injected outage (down)
+
+``sendEdoc`` always answers HTTP 200 (the SDK reads no other body) in US-ASCII JSON (non-ASCII as
+``\\uXXXX``; the SDK decodes that reply as US-ASCII), with ``DocId`` even on failure.
+
+**Fault injection** (:class:`MockFaults`) is switched in-process through ``running.faults`` or over
+HTTP with ``POST /_mock/faults`` (JSON object of fields to set), ``GET /_mock/faults`` and
+``POST /_mock/reset``. Those three are **unauthenticated**: this is a test tool, never expose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.national_axis.mock_app import create_mock_app
+from adapters.national_axis.mock_config import (
+    AgencySeed,
+    AxisSystem,
+    MockAxisConfig,
+    MockFaults,
+    load_mock_config,
+)
+from adapters.national_axis.mock_store import MockAxisStore
+from bus.errors import ConfigError
+
+__all__ = [
+    "AgencySeed",
+    "AxisSystem",
+    "MockAxisConfig",
+    "MockFaults",
+    "RunningMockAxis",
+    "create_mock_app",
+    "load_mock_config",
+    "serve_mock_axis",
+]
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningMockAxis:
+    """A mock listening at ``url``; ``faults`` switches its faults, ``store`` shows its state."""
+
+    url: str
+    port: int
+    faults: MockFaults
+    store: MockAxisStore
+    config: MockAxisConfig
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers (whoever embeds the mock owns SIGINT/SIGTERM), and
+    with an event for "listening", so nobody polls ``started``."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        await super().startup(sockets=list(sockets) if sockets is not None else None)
+        self.ready.set()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn does: a busy port becomes our ConfigError (uvicorn would sys.exit), and
+    with port 0 the socket says which port the system picked."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"the mock axis cannot listen on {host}:{port}: {exc}") from exc
+    return sock
+
+
+async def _open_store(url: str, config: MockAxisConfig) -> MockAxisStore:
+    store = MockAxisStore.connect(url)
+    try:
+        await store.create_schema()
+        for seed in config.agencies:
+            fields = seed.model_dump(exclude={"pcode"})
+            await store.register_agency(**fields, parent_code=seed.pcode, only_if_new=True)
+    except (OSError, SQLAlchemyError) as exc:
+        await store.close()
+        safe = make_url(url).render_as_string(hide_password=True)
+        raise ConfigError(f"cannot open the mock axis database {safe}: {exc}") from exc
+    return store
+
+
+@asynccontextmanager
+async def serve_mock_axis(
+    config: MockAxisConfig,
+    database_url: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    faults: MockFaults | None = None,
+) -> AsyncIterator[RunningMockAxis]:
+    """Run the mock in this event loop until the block ends (port 0: any free port, see ``url``).
+    *database_url* overrides the configuration's ``database``."""
+    store = await _open_store(database_url or config.database, config)
+    faults = faults if faults is not None else MockFaults()
+    try:
+        sock = _listen(host, port)
+        app = create_mock_app(config, store, faults)
+        server = _Server(
+            uvicorn.Config(
+                app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            )
+        )
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            ready = asyncio.create_task(server.ready.wait())
+            await asyncio.wait([ready, task], timeout=STARTUP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not server.ready.is_set():
+                raise ConfigError(f"the mock axis did not start listening on {host}:{port}")
+            bound = sock.getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            yield RunningMockAxis(f"http://{shown}:{bound}", bound, faults, store, config)
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
+    finally:
+        await store.close()

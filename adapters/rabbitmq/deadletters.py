@@ -1,0 +1,324 @@
+"""Dead letters: ``<prefix>.deadletter`` → the status store, and from there back to a queue on request.
+
+Messages reach the dead-letter queue two ways:
+
+* the bus put them there (:meth:`Publisher.dead_letter`): ``x-bus-reason``, ``x-bus-source-queue`` and
+  ``x-bus-dead-id`` (one id per dead-lettering), plus the delivery's ``x-bus-*`` headers when it was one;
+* the broker did (a quorum queue's rejected or over-delivered message): ``x-death`` names the queue and
+  the reason.
+
+:class:`DeadLetterWorker` writes each one to the store and only then acknowledges it (the inbox worker's
+order: a crash in between redelivers the message, and its ``dead_key`` makes the repeat write nothing).
+While the store is down it holds the message and retries; it never acknowledges what it has not
+written. :func:`replay` sends stored dead letters back to their queues (``bus replay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.rabbitmq.names import BrokerNames
+from adapters.rabbitmq.publisher import (
+    ATTEMPT_HEADER,
+    DEAD_ID_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    Publisher,
+)
+from adapters.store.store import DeadLetter
+from bus.errors import BrokerError
+
+__all__ = [
+    "REPLAY_HEADER",
+    "DeadLetterStorePort",
+    "DeadLetterWorker",
+    "ReplayOutcome",
+    "ReplayResult",
+    "ReplayStorePort",
+    "read_dead_letter",
+    "replay",
+]
+
+log = structlog.get_logger("bus.deadletters")
+
+# Set on a replayed message: "<dead letter id>/<random>". Should the broker dead-letter it again, its
+# x-death count starts at 1 again (a replay drops x-death); this header keeps that a new dead letter.
+REPLAY_HEADER = "x-bus-replay"
+
+# Headers about the dead-lettering itself, not the message: a replay does not put them back.
+_NOT_RESTORED = frozenset(
+    {
+        REASON_HEADER,
+        SOURCE_HEADER,
+        DEAD_ID_HEADER,
+        ATTEMPT_HEADER,  # a replay starts its retries afresh
+        REPLAY_HEADER,
+        "x-death",
+        "x-delivery-count",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
+# Column sizes of the dead_letters table: a longer header value is not what the bus wrote, so it is
+# dropped rather than made to fail the write (and hold the message) forever.
+_LIMITS = {
+    "x-bus-id": 36,
+    "x-bus-recipient": 32,
+    "x-bus-sender": 32,
+    "x-bus-document-id": 256,
+    "x-bus-kind": 16,
+}
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):  # pamqp hands over a non-UTF-8 string as bytes
+        value = value.decode("utf-8", errors="replace")
+    # PostgreSQL text cannot hold NUL.
+    return value.replace("\x00", "") if isinstance(value, str) else None
+
+
+def _bus_field(headers: Mapping[str, Any], name: str) -> str | None:
+    value = _text(headers.get(name))
+    return value if value and len(value) <= _LIMITS[name] else None
+
+
+def _restorable(headers: Mapping[str, Any]) -> dict[str, str | int | bool]:
+    kept: dict[str, str | int | bool] = {}
+    for name, value in headers.items():
+        if name in _NOT_RESTORED:
+            continue
+        if isinstance(value, str | bool | int):
+            kept[name] = value
+        elif isinstance(value, bytes):
+            with contextlib.suppress(UnicodeDecodeError):
+                kept[name] = value.decode("utf-8")
+    return kept
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8", "replace")).hexdigest()
+
+
+def read_dead_letter(
+    headers: Mapping[str, Any], *, message_id: str | None, body: bytes, at: dt.datetime
+) -> DeadLetter:
+    """What the store keeps of a message of the dead-letter queue. Never raises: a message with
+    unusable headers is still kept, with what can be read from it."""
+    deaths = headers.get("x-death")
+    death: Mapping[str, Any] = (
+        deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping) else {}
+    )
+    death_queue = _text(death.get("queue")) or _text(headers.get("x-first-death-queue"))
+    death_reason = _text(death.get("reason")) or _text(headers.get("x-first-death-reason"))
+    source = _text(headers.get(SOURCE_HEADER)) or death_queue or ""
+    restorable = _restorable(headers)
+    body_sha = hashlib.sha256(body).hexdigest()
+
+    reason = _text(headers.get(REASON_HEADER))
+    if reason is None and (death_queue or death_reason):
+        reason = f"broker dead-lettered from {death_queue or '(unknown)'}: {death_reason or '(no reason)'}"
+    dead_id = _text(headers.get(DEAD_ID_HEADER))
+    if dead_id and len(dead_id) <= 64:
+        key = dead_id
+    elif death:
+        # The same dead-lettering redelivered has the same x-death entry; the body and the replay tag
+        # tell apart messages without an id, and a message that died again after a replay.
+        count, time, replayed = death.get("count"), death.get("time"), _text(headers.get(REPLAY_HEADER))
+        key = "x-death:" + _digest(message_id, death_queue, death_reason, count, time, replayed, body_sha)
+    else:
+        key = "unknown:" + _digest(message_id, json.dumps(restorable, sort_keys=True), body_sha)
+    return DeadLetter(
+        dead_key=key,
+        message_id=(_text(message_id) or "(none)")[:256],
+        source_queue=source[:256],
+        reason=reason or "dead-lettered without a reason (no x-bus-reason, no x-death header)",
+        dead_at=at,
+        bus_id=_bus_field(headers, "x-bus-id"),
+        recipient=_bus_field(headers, "x-bus-recipient"),
+        sender=_bus_field(headers, "x-bus-sender"),
+        document_id=_bus_field(headers, "x-bus-document-id"),
+        kind=_bus_field(headers, "x-bus-kind"),
+        headers=restorable,
+        body=body,
+    )
+
+
+class DeadLetterStorePort(Protocol):
+    async def store_dead_letter(self, item: DeadLetter) -> bool: ...
+
+
+class DeadLetterWorker:
+    """Consumes the dead-letter queue into the store (declared beforehand by ``declare_topology``)."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        names: BrokerNames,
+        store: DeadLetterStorePort,
+        *,
+        store_retry_s: float = 2.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._channel = channel
+        self._names = names
+        self._store = store
+        self._store_retry_s = store_retry_s
+        self._clock = clock
+        self._consumer: tuple[AbstractQueue, str] | None = None
+        self._pending: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_each())
+        # Declared (passively) rather than looked up: a robust channel re-creates only the queues
+        # declared through it, and with them their consumers, after the broker comes back.
+        queue = await self._channel.declare_queue(self._names.dead_letter_queue, passive=True)
+        self._consumer = (queue, await queue.consume(self._pending.put))
+
+    async def stop(self, *, drain_s: float = 5.0) -> None:
+        """Stop taking messages and write what was taken (for up to *drain_s*); anything left
+        unacknowledged goes back to the queue when the channel closes."""
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            await queue.cancel(tag)
+            self._consumer = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pending.join(), drain_s)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    async def _write_each(self) -> None:
+        # One at a time: dead letters are rare, and each is worth its own transaction and log line.
+        while True:
+            message = await self._pending.get()
+            try:
+                item = read_dead_letter(
+                    message.headers or {}, message_id=message.message_id, body=message.body, at=self._clock()
+                )
+                new = await self._write(item)
+                try:
+                    await message.ack()
+                except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+                    # The channel died: the broker redelivers, and the dead_key absorbs the repeat.
+                    log.warning("deadletter.ack_failed", dead_key=item.dead_key, error=type(exc).__name__)
+                if new:
+                    log.warning(
+                        "deadletter.stored",
+                        message_id=item.message_id,
+                        bus_id=item.bus_id,
+                        recipient=item.recipient,
+                        source_queue=item.source_queue,
+                        reason=item.reason,
+                    )
+            finally:
+                self._pending.task_done()
+
+    async def _write(self, item: DeadLetter) -> bool:
+        # Held unacknowledged while the store is down: a nack would put it straight back here.
+        delay = self._store_retry_s
+        while True:
+            try:
+                return await self._store.store_dead_letter(item)
+            except Exception as exc:
+                log.error(
+                    "deadletter.store_failed",
+                    message_id=item.message_id,
+                    error=type(exc).__name__,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+# -- replay -------------------------------------------------------------------------------------------
+
+
+class ReplayStorePort(Protocol):
+    async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
+
+    async def mark_replayed(self, dead_letter_id: int, at: dt.datetime) -> DeadLetter | None: ...
+
+
+class ReplayOutcome(enum.StrEnum):
+    REPLAYED = "replayed"
+    REPLAYED_AGAIN = "replayed-again"  # the operator had replayed it before: sent once more
+    UNKNOWN = "unknown"  # no dead letter with that id
+    FAILED = "failed"  # not sent back (or sent but not recorded: see ``error``)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    id: int
+    outcome: ReplayOutcome
+    queue: str | None = None
+    replay_count: int = 0  # replays of this dead letter so far, this one included
+    previously_replayed_at: dt.datetime | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (ReplayOutcome.REPLAYED, ReplayOutcome.REPLAYED_AGAIN)
+
+
+_STORE_ERRORS = (SQLAlchemyError, OSError)
+
+
+async def replay(
+    store: ReplayStorePort, publisher: Publisher, ids: Sequence[int], at: dt.datetime
+) -> list[ReplayResult]:
+    """Send each dead letter back to its source queue with its headers, wait for the broker's confirm,
+    then record the replay (:meth:`StatusStore.mark_replayed`: the document's timeline shows it). One
+    result per id, in order; nothing is logged (``bus replay`` prints each result for the operator)."""
+    return [await _replay_one(store, publisher, dead_letter_id, at) for dead_letter_id in ids]
+
+
+async def _replay_one(
+    store: ReplayStorePort, publisher: Publisher, dead_letter_id: int, at: dt.datetime
+) -> ReplayResult:
+    failed = ReplayOutcome.FAILED
+    try:
+        item = await store.dead_letter(dead_letter_id)
+    except _STORE_ERRORS as exc:
+        return ReplayResult(dead_letter_id, failed, error=f"cannot read the status store: {exc}")
+    if item is None:
+        return ReplayResult(dead_letter_id, ReplayOutcome.UNKNOWN, error=f"no dead letter {dead_letter_id}")
+    queue = item.source_queue
+    if not queue:
+        return ReplayResult(
+            dead_letter_id, failed, error="nothing says which queue it came from: it cannot be replayed"
+        )
+    headers = {k: v for k, v in item.headers.items() if k not in _NOT_RESTORED}
+    headers[REPLAY_HEADER] = f"{dead_letter_id}/{uuid.uuid4().hex[:12]}"
+    try:
+        await publisher.to_queue(queue, item.body or b"", message_id=item.message_id, headers=headers)
+    except BrokerError as exc:
+        return ReplayResult(dead_letter_id, failed, queue, error=f"not replayed: {exc}")
+    try:
+        marked = await store.mark_replayed(dead_letter_id, at)
+    except _STORE_ERRORS as exc:
+        error = f"sent back to {queue}, but the replay is not recorded ({exc}): do not replay it again"
+        return ReplayResult(dead_letter_id, failed, queue, error=error)
+    count = marked.replay_count if marked is not None else item.replay_count + 1
+    outcome = ReplayOutcome.REPLAYED if item.replayed_at is None else ReplayOutcome.REPLAYED_AGAIN
+    return ReplayResult(dead_letter_id, outcome, queue, count, item.replayed_at)

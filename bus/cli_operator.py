@@ -1,0 +1,171 @@
+"""The operator's ``bus`` commands for dead letters: ``deadletters`` lists them, ``replay`` sends them back.
+
+Exit status as for every ``bus`` command: 0 success; 1 something asked for was not done (an unknown
+id, a failed replay: one line each on stdout); 2 usage, configuration or connection problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aiormq.exceptions import AMQPError
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.rabbitmq import BrokerNames, Publisher, open_channel
+from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult, replay
+from adapters.store import StatusStore
+from adapters.store.store import DeadLetter
+from bus.cli_service import _local, _table
+from bus.errors import BrokerError, BusError
+from bus.settings import Settings, load_settings
+
+__all__ = ["add_commands"]
+
+EXIT_OK, EXIT_NOT_DONE, EXIT_USAGE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Configuration, broker and store problems end the command with status 2 and one line saying so."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except BusError as exc:  # ConfigError, BrokerError
+            _err(f"error: {exc}")
+        except (SQLAlchemyError, OSError) as exc:
+            _err(f"error: cannot use the status store: {exc}")
+        return EXIT_USAGE
+
+    return run
+
+
+# -- deadletters --------------------------------------------------------------------------------------
+
+
+def _as_json(item: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "dead_at": item.dead_at.isoformat(),
+        "message_id": item.message_id,
+        "bus_id": item.bus_id,
+        "document_id": item.document_id,
+        "kind": item.kind,
+        "sender": item.sender,
+        "recipient": item.recipient,
+        "source_queue": item.source_queue,
+        "reason": item.reason,
+        "headers": item.headers,
+        "replayed_at": item.replayed_at.isoformat() if item.replayed_at else None,
+        "replay_count": item.replay_count,
+    }
+
+
+def _row(item: DeadLetter, *, replays: bool) -> list[str]:
+    row = [
+        str(item.id),
+        _local(item.dead_at),
+        item.document_id or "-",
+        f"{item.sender or '?'} → {item.recipient or '?'}",
+        item.source_queue or "-",
+        " ".join(item.reason.split()),  # one line per dead letter, whatever the reason holds
+    ]
+    if replays:
+        row.append(f"{_local(item.replayed_at)} (lần {item.replay_count})" if item.replay_count else "-")
+    return row
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+
+    async def run() -> list[DeadLetter]:
+        store = StatusStore.connect(settings.database.url)
+        try:
+            return await store.dead_letters(
+                include_replayed=args.all, limit=args.limit, before_id=args.before
+            )
+        finally:
+            await store.close()
+
+    items = asyncio.run(run())
+    if args.json:
+        print(json.dumps([_as_json(i) for i in items], ensure_ascii=False, indent=2))
+        return EXIT_OK
+    headers = ["ID", "LÚC", "DOCUMENT ID", "NƠI GỬI → NƠI NHẬN", "HÀNG ĐỢI", "LÝ DO"]
+    if args.all:
+        headers.append("ĐÃ GỬI LẠI")
+    print(_table(headers, [_row(i, replays=args.all) for i in items]))
+    which = "dead letter(s)" if args.all else "dead letter(s) not replayed"
+    _err(f"{len(items)} {which}; send one back with: bus replay --config {args.config} ID")
+    if len(items) == args.limit:
+        _err(f"  more may follow: --before {items[-1].id}")
+    return EXIT_OK
+
+
+# -- replay -------------------------------------------------------------------------------------------
+
+
+def _describe(result: ReplayResult) -> str:
+    if result.outcome is ReplayOutcome.REPLAYED:
+        return f"{result.id}: replayed to {result.queue}"
+    if result.outcome is ReplayOutcome.REPLAYED_AGAIN:
+        return (
+            f"{result.id}: replayed AGAIN to {result.queue} (replay {result.replay_count}; "
+            f"it had been replayed at {_local(result.previously_replayed_at)})"
+        )
+    return f"{result.id}: {result.outcome.value.upper()}: {result.error}"
+
+
+async def _replay(settings: Settings, ids: list[int]) -> list[ReplayResult]:
+    store = StatusStore.connect(settings.database.url)
+    try:
+        try:
+            connection = await aio_pika.connect(settings.amqp.url, timeout=15)
+        except (AMQPError, OSError, TimeoutError) as exc:
+            where = settings.amqp.url.rpartition("@")[2]  # never print the password
+            raise BrokerError(f"cannot connect to RabbitMQ at {where}: {exc!r}") from exc
+        try:
+            channel = await open_channel(connection)
+            publisher = Publisher(
+                channel, BrokerNames(settings.amqp.prefix), timeout=settings.amqp.publish_timeout_s
+            )
+            return await replay(store, publisher, ids, dt.datetime.now(dt.UTC))
+        finally:
+            await connection.close()
+    finally:
+        await store.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    results = asyncio.run(_replay(settings, args.ids))
+    for result in results:
+        print(_describe(result))
+    return EXIT_OK if all(r.ok for r in results) else EXIT_NOT_DONE
+
+
+def add_commands(commands: Any) -> None:
+    """Register deadletters and replay on the ``bus`` parser's subcommands."""
+    listing = commands.add_parser("deadletters", help="list dead letters (newest first) with their reasons")
+    listing.add_argument("--config", required=True, type=Path)
+    listing.add_argument("--all", action="store_true", help="also those already replayed")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--before", type=int, metavar="ID", help="the next page: ids below ID")
+    listing.set_defaults(handler=_guarded(cmd_deadletters))
+
+    again = commands.add_parser("replay", help="send dead letters back to the queue they came from")
+    again.add_argument("--config", required=True, type=Path)
+    again.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids from `bus deadletters`")
+    again.set_defaults(handler=_guarded(cmd_replay))
