@@ -244,6 +244,7 @@ async def _axis_link(
             intake,
             publisher,
             breaker,
+            store=store,
             channel=channel,
             names=names,
             interval_s=axis.poll_interval_s,

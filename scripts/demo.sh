@@ -150,7 +150,7 @@ bus status --config "$config" "000.00.02.H99,2026/11/24,512/STC-NS"
 step "13. Arriving from another province: tỉnh Thử (its own bus) writes to the People's Committee"
 bus send --config "$config2" --as 000.00.00.H98 "$(signed examples/tinh-thu-gui-tinh-mau.edxml)"
 for _ in $(seq 1 60); do
-  bus inbox --config "$config" --as 000.00.00.H99 | grep -q "000.00.00.H98" && break
+  bus inbox --config "$config" --as 000.00.00.H99 2>&1 | grep -q "000.00.00.H98" && break
   sleep 0.5
 done
 bus inbox --config "$config" --as 000.00.00.H99 --fetch "$out/inbox/tu-tinh-thu" --ack done

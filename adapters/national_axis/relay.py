@@ -53,6 +53,10 @@ class EventStore(Protocol):
     async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
 
 
+class RefusalStore(Protocol):
+    async def has_dead_letter(self, message_id: str) -> bool: ...
+
+
 class CircuitState(enum.StrEnum):
     CLOSED = "closed"  # sending
     OPEN = "open"  # the axis is down: not sending, probing
@@ -323,6 +327,7 @@ class RelayIn:
         publisher: Publisher,
         breaker: CircuitBreaker,
         *,
+        store: RefusalStore,
         channel: AbstractChannel,
         names: BrokerNames,
         interval_s: float = 10.0,
@@ -331,11 +336,13 @@ class RelayIn:
         self._intake = intake
         self._publisher = publisher
         self._breaker = breaker
+        self._store = store
         self._channel = channel
         self._names = names
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._replays: tuple[AbstractQueue, str] | None = None
+        self.polls = 0  # completed polls (tests wait for the first one)
         self.accepted = 0
         self.duplicates = 0
         self.refused = 0
@@ -379,9 +386,14 @@ class RelayIn:
             for doc_id in dict.fromkeys(item.doc_id for item in items):  # a list may repeat an item
                 if await self._take(doc_id):
                     settled += 1
+        self.polls += 1
         return settled
 
     async def _take(self, doc_id: str) -> bool:
+        if await self._store.has_dead_letter(_axis_message_id(doc_id)):
+            # Refused before and told "fail"; an axis that still lists it is not asked again: the
+            # dead letter waits for an operator (bus replay), not for a flood of copies.
+            return False
         try:
             body = await self._client.get_edoc(doc_id)
         except AxisRejectedError as exc:
@@ -407,7 +419,7 @@ class RelayIn:
             self.refused += 1
             await self._publisher.dead_letter(
                 body,
-                message_id=f"axis|{doc_id}",
+                message_id=_axis_message_id(doc_id),
                 reason=f"from the national axis (DocId {doc_id}): {exc}",
                 source_queue=self._names.axis_inbound_queue,
                 headers={AXIS_DOC_HEADER: doc_id},
@@ -430,6 +442,10 @@ class RelayIn:
         if accepted:
             with contextlib.suppress(AxisUnavailableError, AxisRejectedError):
                 await self._client.update_status(doc_id, "done")
+
+
+def _axis_message_id(doc_id: str) -> str:
+    return f"axis|{doc_id}"
 
 
 class AxisLink:

@@ -664,6 +664,13 @@ class StatusStore:
             rows = await conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
             return [_dead_letter(r) for r in rows]
 
+    async def has_dead_letter(self, message_id: str) -> bool:
+        """Whether a message with this id was ever dead-lettered (the relay-in asks before taking an
+        envelope the national axis offers again after a refusal)."""
+        query = select(dead_letters.c.id).where(dead_letters.c.message_id == message_id).limit(1)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         """One dead letter with its body."""
         async with self._engine.connect() as conn:

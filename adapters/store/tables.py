@@ -132,4 +132,5 @@ dead_letters = Table(
     UniqueConstraint("dead_key", name="uq_dead_letters_dead_key"),
     Index("ix_dead_letters_dead_at", "dead_at"),
     Index("ix_dead_letters_replayed_at", "replayed_at", "id"),
+    Index("ix_dead_letters_message_id", "message_id"),
 )

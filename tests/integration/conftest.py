@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from adapters.rabbitmq import RETRY_DELAYS_MS, BrokerNames, declare_topology, open_channel
+from adapters.rabbitmq import BrokerNames, declare_topology, open_channel
 from bus.pki import init_pki
 from bus.settings import Settings, load_settings
 from bus.topology import Agency, Topology, load_topology
@@ -131,7 +131,9 @@ async def delete_broker_objects(settings: Settings) -> None:
     """Remove every queue and exchange a node declared under its prefix."""
     connection = await aio_pika.connect(settings.amqp.url, timeout=10)
     channel = await connection.channel()
-    await _delete_declared(channel, BrokerNames(settings.amqp.prefix), settings.agencies, RETRY_DELAYS_MS)
+    await _delete_declared(
+        channel, BrokerNames(settings.amqp.prefix), settings.agencies, settings.national_axis.retry_delays_ms
+    )
     await connection.close()
 
 
