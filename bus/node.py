@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 
 from adapters.http import ApiContext, create_app
 from adapters.national_axis.client import NationalAxisClient
-from adapters.national_axis.relay import AxisLink, CircuitBreaker, RelayIn, RelayOut
+from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
 from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.inbox import InboxWorker
@@ -248,6 +248,15 @@ async def _axis_link(
             channel=channel,
             names=names,
             interval_s=axis.poll_interval_s,
+        ),
+        Reconciler(
+            client,
+            store,
+            publisher,
+            names,
+            breaker,
+            after_s=axis.reconcile_after_s,
+            interval_s=axis.reconcile_interval_s,
         ),
         breaker,
     )

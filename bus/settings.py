@@ -72,6 +72,10 @@ class NationalAxisSettings(_Section):
     breaker_failures: int = 5
     breaker_open_s: float = 30.0
     prefetch: int = 8  # envelopes sent to the axis at the same time by one process
+    # What the axis answered OK for must show in its sent list after this long, else it is sent again
+    # (an axis that accepts and then loses); checked every reconcile_interval_s.
+    reconcile_after_s: float = 300.0
+    reconcile_interval_s: float = 60.0
     # Envelopes from other provinces and ministries: must they be signed, and by which CAs.
     require_signature: bool = True
     trust: tuple[Path, ...] = ()

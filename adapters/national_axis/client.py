@@ -187,9 +187,9 @@ class NationalAxisClient:
         """``updateStatus``: the transport acknowledgement (``processing``, ``done``, ``fail``)."""
         await self._call("updateStatus", {"status": status, "docId": doc_id}, body=b"{}")
 
-    async def sent(self, doc_id: str | None = None) -> list[dict[str, Any]]:
+    async def sent(self, doc_id: str | None = None, *, message_type: str = "edoc") -> list[dict[str, Any]]:
         """``getSentEdocList``: per-recipient send and receive state."""
-        params = {"servicetype": "eDoc", "messagetype": "edoc"}
+        params = {"servicetype": "eDoc", "messagetype": message_type}
         if doc_id is not None:
             params["docId"] = doc_id
         data = (await self._call("getSentEdocList", params)).get("data") or []

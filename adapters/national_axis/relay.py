@@ -37,20 +37,23 @@ from adapters.national_axis.client import NationalAxisClient
 from adapters.rabbitmq.deadletters import REPLAY_HEADER
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import ATTEMPT_HEADER, Publisher
+from adapters.store.store import AxisSend
 from bus.delivery import DeliveryState, TimelineEvent
 from bus.errors import AxisRejectedError, AxisUnavailableError, DuplicateEnvelopeError, InputError
 from bus.intake import Intake
 
-__all__ = ["AxisLink", "CircuitBreaker", "CircuitState", "RelayIn", "RelayOut"]
+__all__ = ["AxisLink", "CircuitBreaker", "CircuitState", "Reconciler", "RelayIn", "RelayOut"]
 
 log = structlog.get_logger("bus.relay")
 
 _REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind")
 AXIS_DOC_HEADER = "x-bus-axis-doc-id"  # the national axis's DocId of an envelope that came from it
+RESEND_HEADER = "x-bus-resend-of"  # on a copy sent again because the axis lost one: the lost DocId
 
 
 class EventStore(Protocol):
     async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
+    async def record_axis_send(self, send: AxisSend, event: TimelineEvent, *, key: str) -> None: ...
 
 
 class RefusalStore(Protocol):
@@ -108,9 +111,10 @@ def _text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
 
 
 def _attempt_key(headers: dict[str, str], attempt: int) -> str:
-    """Event key of one attempt; an operator's replay starts the count again, so it is part of it."""
-    replay = headers.get(REPLAY_HEADER, "")
-    return f"{headers['x-bus-id']}|{headers['x-bus-recipient']}|axis|{replay}|{attempt}"
+    """Event key of one attempt; an operator's replay or a resend after a loss starts the count again,
+    so they are part of it."""
+    again = headers.get(REPLAY_HEADER, "") + headers.get(RESEND_HEADER, "")
+    return f"{headers['x-bus-id']}|{headers['x-bus-recipient']}|axis|{again}|{attempt}"
 
 
 class RelayOut:
@@ -191,11 +195,14 @@ class RelayOut:
             self._breaker.changed.clear()
             await self._resume()
 
-    async def _record(self, event: TimelineEvent, key: str) -> None:
+    async def _record(self, event: TimelineEvent, key: str, send: AxisSend | None = None) -> None:
         delay = self._store_retry_s
         while True:
             try:
-                await self._store.record(event, key=key)
+                if send is None:
+                    await self._store.record(event, key=key)
+                else:
+                    await self._store.record_axis_send(send, event, key=key)
                 return
             except Exception as exc:
                 log.error("relay_out.store_failed", bus_id=event.bus_id, error=type(exc).__name__)
@@ -240,15 +247,30 @@ class RelayOut:
             await self._dead(message, headers, f"{exc} (attempt {attempt})")
             return
         self._breaker.success()
+        now = self._clock()
+        # The body is kept until the axis lists it as sent (the reconciler checks): an axis that
+        # answers OK and then loses the envelope gets it again.
+        kept = AxisSend(
+            0,
+            bus_id,
+            recipient,
+            doc_id,
+            message.message_id,
+            headers["x-bus-kind"],
+            {k: v for k, v in headers.items() if k != ATTEMPT_HEADER},
+            message.body,
+            now,
+        )
         await self._record(
             TimelineEvent(
                 bus_id,
                 recipient,
                 DeliveryState.SENT_TO_AXIS,
-                self._clock(),
+                now,
                 f"trục quốc gia nhận, mã {doc_id} (lần gửi {attempt})",
             ),
             key,
+            kept,
         )
         await message.ack()
         log.info("relay_out.sent", **context, axis_doc_id=doc_id)
@@ -444,6 +466,114 @@ class RelayIn:
                 await self._client.update_status(doc_id, "done")
 
 
+class ReconcileStore(Protocol):
+    async def unconfirmed_axis_sends(
+        self, sent_before: dt.datetime, *, limit: int = ...
+    ) -> list[AxisSend]: ...
+    async def axis_send_body(self, send_id: int) -> bytes | None: ...
+    async def settle_axis_send(
+        self,
+        send_id: int,
+        outcome: str | None,
+        at: dt.datetime,
+        event: tuple[TimelineEvent, str] | None = ...,
+    ) -> None: ...
+
+
+class Reconciler:
+    """Checks that what the axis answered OK for is in its sent list (``getSentEdocList``); what it
+    does not know is sent again from the kept copy. The only defence against an axis that answers OK
+    and then loses an envelope, which no acknowledgement on our side can see."""
+
+    def __init__(
+        self,
+        client: NationalAxisClient,
+        store: ReconcileStore,
+        publisher: Publisher,
+        names: BrokerNames,
+        breaker: CircuitBreaker,
+        *,
+        after_s: float = 300.0,
+        interval_s: float = 60.0,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._publisher = publisher
+        self._names = names
+        self._breaker = breaker
+        self._after = dt.timedelta(seconds=after_s)
+        self._interval_s = interval_s
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self.confirmed = 0
+        self.resent = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
+            if self._breaker.is_open:
+                continue
+            try:
+                await self.check_once()
+            except AxisUnavailableError as exc:
+                self._breaker.failure()
+                log.warning("reconcile.failed", error=str(exc))
+            except Exception as exc:  # the store or the broker: next round
+                log.error("reconcile.error", error=repr(exc))
+
+    async def check_once(self) -> int:
+        """Check the sends older than ``after_s``; returns how many were sent again."""
+        now = self._clock()
+        resent = 0
+        for send in await self._store.unconfirmed_axis_sends(now - self._after):
+            try:
+                listed = await self._client.sent(
+                    send.axis_doc_id, message_type="status" if send.kind == "status" else "edoc"
+                )
+            except AxisRejectedError:
+                listed = []  # "no such DocId": the axis does not have it
+            codes = {_text(item.get("toCode")) for item in listed}
+            if listed and (send.recipient in codes or codes == {""}):  # an axis without toCode: trust it
+                await self._store.settle_axis_send(send.id, "confirmed", now)
+                self.confirmed += 1
+                continue
+            body = await self._store.axis_send_body(send.id)
+            if body is None:  # settled meanwhile by another process
+                continue
+            await self._publisher.to_queue(
+                self._names.outbound_queue,
+                body,
+                message_id=send.message_id,
+                headers={**send.headers, RESEND_HEADER: send.axis_doc_id},
+            )
+            detail = f"trục quốc gia không có văn bản mã {send.axis_doc_id} đã nhận: gửi lại"
+            event = TimelineEvent(send.bus_id, send.recipient, DeliveryState.RETRYING, now, detail)
+            await self._store.settle_axis_send(
+                send.id, "lost", now, (event, f"{send.bus_id}|{send.recipient}|lost|{send.axis_doc_id}")
+            )
+            log.warning(
+                "reconcile.resent", bus_id=send.bus_id, recipient=send.recipient, axis_doc_id=send.axis_doc_id
+            )
+            resent += 1
+        self.resent += resent
+        return resent
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
 def _axis_message_id(doc_id: str) -> str:
     return f"axis|{doc_id}"
 
@@ -451,17 +581,27 @@ def _axis_message_id(doc_id: str) -> str:
 class AxisLink:
     """Everything of one process's national-axis link, started and stopped together."""
 
-    def __init__(self, client: NationalAxisClient, out: RelayOut, into: RelayIn, breaker: CircuitBreaker):
+    def __init__(
+        self,
+        client: NationalAxisClient,
+        out: RelayOut,
+        into: RelayIn,
+        reconciler: Reconciler,
+        breaker: CircuitBreaker,
+    ):
         self.client = client
         self.out = out
         self.into = into
+        self.reconciler = reconciler
         self.breaker = breaker
 
     async def start(self) -> None:
         await self.out.start()
         await self.into.start()
+        self.reconciler.start()
 
     async def stop(self) -> None:
+        await self.reconciler.stop()
         await self.into.stop()
         await self.out.stop()
         await self.client.close()

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["dead_letters", "deliveries", "documents", "events", "inbox", "metadata", "nonces"]
+__all__ = ["axis_sends", "dead_letters", "deliveries", "documents", "events", "inbox", "metadata", "nonces"]
 
 metadata = MetaData()
 
@@ -133,4 +133,26 @@ dead_letters = Table(
     Index("ix_dead_letters_dead_at", "dead_at"),
     Index("ix_dead_letters_replayed_at", "replayed_at", "id"),
     Index("ix_dead_letters_message_id", "message_id"),
+)
+
+
+# What the relay handed to the national axis, kept until the axis shows it has it (getSentEdocList):
+# an axis that answers OK and then loses an envelope is caught by the reconciler, which sends the kept
+# body again. The body is dropped once the axis confirms.
+axis_sends = Table(
+    "axis_sends",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("bus_id", String(36), nullable=False),
+    Column("recipient", String(32), nullable=False),
+    Column("axis_doc_id", String(128), nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("headers", Text, nullable=False),  # JSON: what a resend puts back on the message
+    Column("body", LargeBinary),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column("checked_at", DateTime(timezone=True)),
+    Column("outcome", String(16)),  # NULL while unchecked; "confirmed" or "lost"
+    UniqueConstraint("axis_doc_id", "recipient", name="uq_axis_sends_doc"),
+    Index("ix_axis_sends_open", "outcome", "sent_at"),
 )

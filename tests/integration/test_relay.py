@@ -5,6 +5,7 @@ an arrival the intake refuses (issue 4, items 2, 3 and 6)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import sys
 import time
@@ -306,3 +307,40 @@ async def test_refused_arrival_is_kept_failed_at_the_axis_and_replayable(
                 assert item.status == "done"
         finally:
             await delete_broker_objects(strict)
+
+
+async def test_an_axis_that_loses_an_accepted_envelope_gets_it_again(
+    tmp_path: Path, pki_dir: Path, prefix: str
+) -> None:
+    async with _axis(tmp_path) as axis:
+        settings = _settings(
+            tmp_path, pki_dir, axis.url, prefix, reconcile_after_s="0.5", reconcile_interval_s="0.3"
+        )
+        try:
+            async with _node(settings) as node:
+                axis.faults.accept_then_lose = 1  # answers OK with a DocId, keeps nothing
+                bus_id = await _send(node, "000.00.00.G12", 30)
+                ministry = NationalAxisClient(axis.url, "000.00.00.G12", G12_SECRET)
+
+                async def arrived() -> list[object] | None:
+                    return list(await ministry.received()) or None
+
+                items = await _eventually(arrived, within_s=15, what="the envelope sent again")
+                await ministry.close()
+                assert len(items) == 1
+                events = [e for e in await node.store.timeline(bus_id) if e.recipient == "000.00.00.G12"]
+                sent = [e for e in events if e.state is DeliveryState.SENT_TO_AXIS]
+                assert len(sent) == 2  # the lost one and the one that arrived
+                assert any(
+                    e.state is DeliveryState.RETRYING and "gửi lại" in (e.detail or "") for e in events
+                )
+
+                async def settled() -> bool | None:
+                    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+                    return True if await node.store.unconfirmed_axis_sends(later) == [] else None
+
+                await _eventually(settled, within_s=10, what="the second send confirmed by the axis")
+                assert node.axis is not None
+                assert node.axis.reconciler.resent == 1
+        finally:
+            await delete_broker_objects(settings)
