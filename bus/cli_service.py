@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+import time
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,8 +262,54 @@ def render_status(documents: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
+# States after which nothing more happens to a delivery on this axis: acknowledged by the recipient,
+# failed for good, or handed to the national axis (what happens there comes back as statuses).
+_FINAL_STATES = {"done", "fail", "failed", "dead-lettered"}
+_FINAL_BUSINESS = {"02", "06", "16"}  # refused, completed, refused the change
+
+
+def is_final(recipient: dict[str, Any]) -> bool:
+    return (
+        recipient["state"] in _FINAL_STATES
+        or recipient["business_status"] in _FINAL_BUSINESS
+        or (recipient["route"] == "outbound" and recipient["state"] == "sent-to-axis")
+    )
+
+
+def _watch(settings: Settings, document_id: str, interval_s: float) -> int:
+    """Redraw the table every *interval_s* until every recipient is final (on a terminal the screen is
+    redrawn; otherwise a table is printed only when something changed)."""
+    terminal = sys.stdout.isatty()
+    shown = ""
+    while True:
+        documents = asyncio.run(document_status(settings, document_id))
+        if not documents:
+            _err(f"error: no document {document_id!r} in the store")
+            return EXIT_BAD_INPUT
+        recipients = [r for d in documents for r in d["recipients"]]
+        waiting = [r for r in recipients if not is_final(r)]
+        now = dt.datetime.now(VN_TZ).strftime("%d/%m/%Y %H:%M:%S")
+        table = render_status(documents)
+        footer = f"{len(recipients) - len(waiting)}/{len(recipients)} nơi nhận đã xong" + (
+            "" if not waiting else f" · cập nhật {now}, mỗi {interval_s:g} giây · Ctrl-C để dừng"
+        )
+        if terminal:
+            print("\033[H\033[J" + table + "\n\n" + footer, flush=True)
+        elif table != shown:
+            print(table + "\n" + footer + "\n", flush=True)
+        shown = table
+        if not waiting:
+            return EXIT_OK
+        time.sleep(interval_s)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.watch:
+        try:
+            return _watch(settings, args.document_id, args.interval)
+        except KeyboardInterrupt:
+            return 130
     documents = asyncio.run(document_status(settings, args.document_id))
     if not documents:
         _err(f"error: no document {args.document_id!r} in {settings.database.url.split('://')[0]} store")
@@ -312,4 +359,8 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--config", required=True, type=Path)
     status.add_argument("document_id", metavar="DOCUMENT_ID", help="edXML DocumentId or bus id")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--watch", action="store_true", help="refresh until every recipient reaches a final state"
+    )
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     status.set_defaults(handler=cmd_status)

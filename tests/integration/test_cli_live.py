@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -126,3 +127,37 @@ async def test_configuration_and_connection_problems_exit_2(
     refused = bus("send", "--config", str(config), "--as", "000.00.01.H99", str(invalid))
     assert refused.returncode == 1
     assert "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To" in refused.stderr
+
+
+def _spawn_watch(config: Path, bus_id: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "bus.cli", "status", "--config", str(config), bus_id]
+    return subprocess.Popen(
+        [*command, "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+async def test_status_watch_refreshes_until_every_recipient_is_final(
+    served: tuple[Path, ServeProcess], tmp_path: Path
+) -> None:
+    config, _ = served
+    envelope = tmp_path / "watched.edxml"
+    envelope.write_bytes(make_document("000.00.01.H99", ["000.00.22.H99"], 45))
+    sent = bus("send", "--config", str(config), "--as", "000.00.01.H99", str(envelope))
+    assert sent.returncode == 0, sent.stderr
+    watcher = _spawn_watch(config, sent.stdout.strip())
+    try:
+        await asyncio.sleep(1.0)
+        assert watcher.poll() is None  # still waiting: the recipient has not acknowledged
+        for _ in range(50):
+            pulled = bus("inbox", "--config", str(config), "--as", "000.00.22.H99", "--ack", "done")
+            if "acknowledged" in pulled.stderr:
+                break
+            await asyncio.sleep(0.2)
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "0/1 nơi nhận đã xong" in out  # the first table
+    assert out.rstrip().endswith("1/1 nơi nhận đã xong")  # and the last, when it stopped
+    assert "Đơn vị nhận đã nhận xong" in out
