@@ -87,6 +87,9 @@ class IntakePolicy:
     # whether such an envelope must carry a signature that checks against them.
     axis_trust: TrustStore | None = None
     axis_require_signature: bool = True
+    # Other provinces' axes (their node OrganIds) whose signature vouches for a sender of their own
+    # body: they authenticated the sender before signing. Anyone else must be signed by the sender.
+    trusted_axes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,27 +244,40 @@ class Intake:
         tree = parse_untrusted(body, self._policy.limits)
         parsed = check_tree(tree, today=today)
         sender = parsed.message.sender.organ_id
-        if self._topology.agency(sender) is not None:
+        if self._topology.agency(sender) is not None or sender.top == self._node.organ_id.top:
             raise ForgedSenderError(
-                f"an envelope from the national axis names {sender}, an agency of this province, as "
-                "its sender: local agencies send through this bus, not through the national axis"
+                f"an envelope from the national axis names {sender}, a unit of this province, as its "
+                "sender: this province's units send through this bus, not through the national axis"
             )
         if not self._policy.axis_require_signature:
             return tree, parsed
         if self._policy.axis_trust is None:
             raise ForgedSenderError("envelopes from the national axis must be signed, and no CA is trusted")
         verified = verify_tree(tree, self._policy.axis_trust, self._policy.signatures)
-        for signature in verified:
-            uids = signature.signer.subject.get_attributes_for_oid(NameOID.USER_ID)
-            if uids and not _same_body(str(uids[0].value), sender):
-                raise ForgedSenderError(
-                    f"the envelope from {sender} is signed by {uids[0].value!s}, "
-                    "which belongs to neither the sender nor its own axis"
-                )
-        parsed = check_tree(parse_untrusted(verified[0].signed_xml, self._policy.limits), today=today)
+        vouching = next((v for v in verified if self._vouches_for(v.signer, sender)), None)
+        if vouching is None:
+            signers = ", ".join(_uid(v.signer) or "(no UID)" for v in verified)
+            raise ForgedSenderError(
+                f"the envelope from {sender} is signed by {signers}: neither the sender itself nor a "
+                "trusted axis of the sender's own body (national_axis.trusted_axes)"
+            )
+        parsed = check_tree(parse_untrusted(vouching.signed_xml, self._policy.limits), today=today)
         if parsed.message.sender.organ_id != sender:
             raise ForgedSenderError("the signed envelope names another sender")
         return tree, parsed
+
+    def _vouches_for(self, signer: x509.Certificate, sender: OrganId) -> bool:
+        """The sender signed it, or a trusted axis of the sender's own province or ministry did."""
+        uid = _uid(signer)
+        if uid is None:
+            return False
+        if uid == str(sender):
+            return True
+        try:
+            organ = OrganId.parse(uid)
+        except ValueError:
+            return False
+        return str(organ) in self._policy.trusted_axes and organ.top == sender.top
 
     async def _accept(
         self,
@@ -349,13 +365,9 @@ class Intake:
         return Accepted(bus_id, document_id, destinations)
 
 
-def _same_body(signer: str, sender: OrganId) -> bool:
-    """A relayed envelope may be signed by its sender or by an axis of the sender's own body (a
-    province's axis carries the province's top-level code)."""
-    try:
-        return OrganId.parse(signer).top == sender.top
-    except ValueError:
-        return False
+def _uid(certificate: x509.Certificate) -> str | None:
+    uids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+    return str(uids[0].value) if uids else None
 
 
 def _one_per_agency(destinations: Iterable[Destination]) -> tuple[Destination, ...]:

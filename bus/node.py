@@ -82,6 +82,7 @@ def intake_policy(settings: Settings) -> IntakePolicy:
             else None
         ),
         axis_require_signature=settings.national_axis.require_signature,
+        trusted_axes=frozenset(settings.national_axis.trusted_axes),
     )
 
 

@@ -79,6 +79,9 @@ class NationalAxisSettings(_Section):
     # Envelopes from other provinces and ministries: must they be signed, and by which CAs.
     require_signature: bool = True
     trust: tuple[Path, ...] = ()
+    # Other axes (node OrganIds) whose signature vouches for senders of their own province: an
+    # envelope not signed by its sender must be signed by one of these.
+    trusted_axes: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _usable(self) -> NationalAxisSettings:

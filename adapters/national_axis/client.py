@@ -45,6 +45,11 @@ class ReceivedItem:
     created_time: str
 
 
+# ErrorCodes that say nothing about the envelope itself (authentication, throttling, the axis's own
+# failures). The real axis's codes are not published; these follow HTTP's meanings, as the mock does.
+_NOT_ABOUT_THE_MESSAGE = frozenset({"401", "408", "429", "500", "502", "503", "504"})
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -108,15 +113,20 @@ class NationalAxisClient:
         try:
             answer = json.loads(response.content.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            if 400 <= response.status_code < 500:
+            if 400 <= response.status_code < 500 and response.status_code not in (401, 408, 429):
                 raise AxisRejectedError(str(response.status_code), response.text[:200]) from exc
             raise AxisUnavailableError(f"{operation}: the answer is not JSON: {exc}") from exc
         if not isinstance(answer, dict) or not all(k in answer for k in ("status", "ErrorCode", "ErrorDesc")):
             raise AxisUnavailableError(f"{operation}: the answer lacks status, ErrorCode or ErrorDesc")
-        if _text(answer["status"]).upper() == "FAIL" or _text(answer["ErrorCode"]) != "0":
-            raise AxisRejectedError(_text(answer["ErrorCode"]), _text(answer["ErrorDesc"]))
-        if response.status_code >= 400:
-            raise AxisRejectedError(str(response.status_code), _text(answer["ErrorDesc"]))
+        code = _text(answer["ErrorCode"])
+        failed = _text(answer["status"]).upper() == "FAIL" or code != "0"
+        if failed or response.status_code >= 400:
+            code = code if code != "0" else str(response.status_code)
+            if code in _NOT_ABOUT_THE_MESSAGE or response.status_code in (401, 408, 429):
+                # Our credentials, the axis's load or its own trouble: nothing wrong with the envelope,
+                # so it must wait (and the circuit breaker hear of it), not be dead-lettered.
+                raise AxisUnavailableError(f"{operation}: the axis answered {code}: {answer['ErrorDesc']}")
+            raise AxisRejectedError(code, _text(answer["ErrorDesc"]))
         return answer
 
     async def send_edoc(

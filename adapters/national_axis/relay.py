@@ -174,26 +174,38 @@ class RelayOut:
             log.info("relay_out.paused", queue=self._queue.name)
 
     async def _watch(self) -> None:
-        """Pause while the circuit is open; probe the axis every ``open_s``; resume on an answer."""
+        """Pause while the circuit is open; probe the axis every ``open_s``; resume on an answer.
+        A failure here (the channel reconnecting, say) is logged and the round tried again: if this
+        task died, an open circuit would never close and the whole link would stall in silence."""
         while True:
-            await self._breaker.changed.wait()
-            self._breaker.changed.clear()
-            if not self._breaker.is_open:
-                await self._resume()
-                continue
-            await self._pause()
-            while self._breaker.is_open:
-                await asyncio.sleep(self._breaker.open_s)
-                try:
-                    await self._client.count_received()
-                except AxisUnavailableError as exc:
-                    log.info("axis.probe_failed", error=str(exc))
-                    continue
-                except AxisRejectedError:
-                    pass  # it answered: it is up
-                self._breaker.success()
-            self._breaker.changed.clear()
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("relay_out.watch_failed", error=repr(exc))
+                await asyncio.sleep(min(self._breaker.open_s, 5.0))
+                self._breaker.changed.set()  # look at the circuit again
+
+    async def _watch_once(self) -> None:
+        await self._breaker.changed.wait()
+        self._breaker.changed.clear()
+        if not self._breaker.is_open:
             await self._resume()
+            return
+        await self._pause()
+        while self._breaker.is_open:
+            await asyncio.sleep(self._breaker.open_s)
+            try:
+                await self._client.count_received()
+            except AxisUnavailableError as exc:
+                log.info("axis.probe_failed", error=str(exc))
+                continue
+            except AxisRejectedError:
+                pass  # it answered: it is up
+            self._breaker.success()
+        self._breaker.changed.clear()
+        await self._resume()
 
     async def _record(self, event: TimelineEvent, key: str, send: AxisSend | None = None) -> None:
         delay = self._store_retry_s
@@ -220,8 +232,9 @@ class RelayOut:
         key = _attempt_key(headers, attempt)
         context = {"bus_id": bus_id, "recipient": recipient, "attempt": attempt}
         if self._breaker.is_open:
-            # Taken just before the circuit opened: back to the outbound queue, no attempt used.
-            await message.nack(requeue=True)
+            # Taken just before the circuit opened: parked in the first back-off tier, no attempt
+            # used (a requeue would bounce straight back, and count towards a delivery limit).
+            await self._park(message, headers, attempt - 1)
             return
         self.attempts += 1
         try:
@@ -320,6 +333,24 @@ class RelayOut:
         await message.ack()
         log.warning("relay_out.retrying", bus_id=bus_id, recipient=recipient, attempt=attempt, in_ms=delay)
 
+    async def _park(self, message: AbstractIncomingMessage, headers: dict[str, str], attempts: int) -> None:
+        kept = {k: v for k, v in headers.items() if k != ATTEMPT_HEADER}
+        try:
+            await self._publisher.retry(
+                self._names.outbound_queue,
+                self._delays[0],
+                message.body,
+                message_id=message.message_id or "",
+                attempt=attempts,
+                headers=kept,
+            )
+        except Exception as exc:
+            log.error("relay_out.park_failed", bus_id=headers.get("x-bus-id"), error=type(exc).__name__)
+            await asyncio.sleep(self._store_retry_s)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
     async def _dead(self, message: AbstractIncomingMessage, headers: dict[str, str], reason: str) -> None:
         kept = {k: v for k, v in headers.items() if k != ATTEMPT_HEADER}
         try:
@@ -364,6 +395,9 @@ class RelayIn:
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._replays: tuple[AbstractQueue, str] | None = None
+        # What this process decided for an axis DocId, and what it told the axis (bounded: see _forget).
+        self._owed: dict[str, str] = {}
+        self._told: dict[str, str] = {}
         self.polls = 0  # completed polls (tests wait for the first one)
         self.accepted = 0
         self.duplicates = 0
@@ -400,29 +434,51 @@ class RelayIn:
             await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
 
     async def poll_once(self) -> int:
-        """Take in what the axis holds now; returns how many envelopes were settled with the axis."""
+        """Take in what the axis holds now; returns how many envelopes were settled with the axis.
+        Each list, and each item, fails on its own: one bad item does not hold up those behind it."""
         settled = 0
+        unavailable: AxisUnavailableError | None = None
         for message_type in ("edoc", "status"):
-            items = await self._client.received(message_type=message_type)
+            try:
+                items = await self._client.received(message_type=message_type)
+            except AxisUnavailableError as exc:
+                unavailable = exc
+                continue
             self._breaker.success()
             for doc_id in dict.fromkeys(item.doc_id for item in items):  # a list may repeat an item
-                if await self._take(doc_id):
-                    settled += 1
+                try:
+                    if await self._take(doc_id):
+                        settled += 1
+                except AxisUnavailableError as exc:
+                    unavailable = exc
+                    log.warning("relay_in.item_failed", axis_doc_id=doc_id, error=str(exc))
+                except Exception as exc:  # the store, the broker, an axis refusal: next poll
+                    log.error("relay_in.item_failed", axis_doc_id=doc_id, error=repr(exc))
+        if len(self._owed) > 10_000:  # forget the oldest decisions; the store still has the refusals
+            for old in list(self._owed)[:5_000]:
+                self._owed.pop(old, None)
+                self._told.pop(old, None)
+        if unavailable is not None:
+            raise unavailable
         self.polls += 1
         return settled
 
     async def _take(self, doc_id: str) -> bool:
-        if await self._store.has_dead_letter(_axis_message_id(doc_id)):
-            # Refused before and told "fail"; an axis that still lists it is not asked again: the
-            # dead letter waits for an operator (bus replay), not for a flood of copies.
+        owed = self._owed.get(doc_id)
+        if owed is not None or await self._store.has_dead_letter(_axis_message_id(doc_id)):
+            # Decided before (refused and dead-lettered, or accepted after a replay) and still listed:
+            # the axis is told once more what we decided (its earlier answer may have been lost), and
+            # the envelope is not taken again: a refusal waits for an operator, not for a flood.
+            outcome = owed or "fail"
+            if self._told.get(doc_id) != outcome:
+                await self._client.update_status(doc_id, outcome)
+                self._told[doc_id] = outcome
             return False
-        try:
-            body = await self._client.get_edoc(doc_id)
-        except AxisRejectedError as exc:
-            log.warning("relay_in.fetch_refused", axis_doc_id=doc_id, reason=str(exc))
-            return False
+        body = await self._client.get_edoc(doc_id)
         outcome = "done" if await self._accept(body, doc_id) else "fail"
+        self._owed[doc_id] = outcome
         await self._client.update_status(doc_id, outcome)
+        self._told[doc_id] = outcome
         return True
 
     async def _accept(self, body: bytes, doc_id: str) -> bool:
@@ -462,8 +518,12 @@ class RelayIn:
             return
         await message.ack()
         if accepted:
-            with contextlib.suppress(AxisUnavailableError, AxisRejectedError):
+            self._owed[doc_id] = "done"  # a later poll that still sees it listed says "done" again
+            try:
                 await self._client.update_status(doc_id, "done")
+                self._told[doc_id] = "done"
+            except (AxisUnavailableError, AxisRejectedError) as exc:
+                log.warning("relay_in.replay_status_failed", axis_doc_id=doc_id, error=str(exc))
 
 
 class ReconcileStore(Protocol):

@@ -252,6 +252,7 @@ async def test_circuit_breaker_stops_hammering_and_drains_after(
                     BrokerNames(prefix).outbound_queue, passive=True
                 )
                 assert (queue.declaration_result.message_count or 0) > 0  # the backlog waits in RabbitMQ
+                assert queue.declaration_result.consumer_count == 0  # paused, not bouncing messages
                 await connection.close()
                 axis.faults.down = False
                 for bus_id in bus_ids:

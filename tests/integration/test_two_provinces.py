@@ -124,6 +124,7 @@ def _province_config(
     port: int,
     axis_port: int,
     axis_secret: str,
+    peer: str,
 ) -> Path:
     text = source.read_text(encoding="utf-8").split("\n[national_axis]\n", 1)[0]
     text = text.replace(pki_placeholder, f"{pki}/")
@@ -141,6 +142,7 @@ def _province_config(
         "breaker_failures = 3\n"
         "breaker_open_s = 1.0\n"
         f'trust = ["{other_ca}"]\n'
+        f'trusted_axes = ["{peer}"]\n'
     )
     out.write_text(text, encoding="utf-8")
     return out
@@ -204,6 +206,7 @@ async def provinces(tmp_path: Path, pki_dir: Path) -> AsyncIterator[tuple[Provin
                     port=port,
                     axis_port=axis.port,
                     axis_secret=secret,
+                    peer="000.00.90.H98" if source == H99 else "000.00.90.H99",
                 )
                 server = ServeProcess(config, port, tmp_path / f"{source.stem}.log")
                 server.start()

@@ -3,6 +3,7 @@ mock axis is exercised in tests/integration/test_mock_axis.py and test_two_provi
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import httpx
@@ -10,7 +11,8 @@ import pytest
 
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.protocol import hash_file, verify_request
-from adapters.national_axis.relay import CircuitBreaker, CircuitState
+from adapters.national_axis.relay import CircuitBreaker, CircuitState, RelayOut
+from adapters.rabbitmq import BrokerNames
 from bus.errors import AxisRejectedError, AxisUnavailableError
 
 pytestmark = pytest.mark.asyncio
@@ -68,10 +70,16 @@ async def test_send_edoc_signs_headers_and_sends_the_raw_body() -> None:
             httpx.Response(200, json={"status": "FAIL", "ErrorCode": "404", "ErrorDesc": "không có"}),
             AxisRejectedError,
         ),
+        # Wrong credentials or an overloaded axis say nothing about the envelope: wait, do not discard.
         (
             httpx.Response(401, json={"status": "FAIL", "ErrorCode": "401", "ErrorDesc": "bad"}),
-            AxisRejectedError,
+            AxisUnavailableError,
         ),
+        (
+            httpx.Response(200, json={"status": "FAIL", "ErrorCode": "503", "ErrorDesc": "busy"}),
+            AxisUnavailableError,
+        ),
+        (httpx.Response(429, text="slow down"), AxisUnavailableError),
         (httpx.Response(400, text="bad request"), AxisRejectedError),
     ],
 )
@@ -140,3 +148,60 @@ async def test_circuit_opens_after_threshold_and_closes_on_success() -> None:
     breaker.success()
     assert breaker.state is CircuitState.CLOSED
     assert breaker.changed.is_set()
+
+
+class _FlakyQueue:
+    """A queue whose first ``consume`` fails, as while a robust channel reconnects."""
+
+    name = "bus.outbound"
+
+    def __init__(self) -> None:
+        self.consumes = 0
+        self.cancels = 0
+
+    async def consume(self, _callback: object) -> str:
+        self.consumes += 1
+        if self.consumes == 2:  # the resume after the circuit closes
+            raise ConnectionError("channel is reconnecting")
+        return f"tag-{self.consumes}"
+
+    async def cancel(self, _tag: str) -> None:
+        self.cancels += 1
+
+
+class _Channel:
+    def __init__(self, queue: _FlakyQueue) -> None:
+        self.queue = queue
+
+    async def declare_queue(self, _name: str, *, passive: bool = False) -> _FlakyQueue:
+        return self.queue
+
+
+class _UpAxis:
+    async def count_received(self) -> int:
+        return 0
+
+
+async def test_relay_pauses_while_open_and_survives_a_failed_resume() -> None:
+    queue = _FlakyQueue()
+    breaker = CircuitBreaker(threshold=1, open_s=0.05)
+    relay = RelayOut(
+        _Channel(queue),  # type: ignore[arg-type]
+        BrokerNames("bus"),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        _UpAxis(),  # type: ignore[arg-type]
+        breaker,
+        retry_delays_ms=[1000],
+    )
+    await relay.start()
+    assert queue.consumes == 1
+    breaker.failure()  # opens: the consumer is cancelled; the probe answers and closes it
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if queue.consumes >= 3:
+            break
+    assert queue.cancels == 1
+    assert breaker.state is CircuitState.CLOSED
+    assert queue.consumes == 3  # the failed resume was tried again, not left dead
+    await relay.stop()

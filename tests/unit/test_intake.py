@@ -325,3 +325,71 @@ async def test_statuses_about_equal_document_ids_of_two_agencies_are_two_statuse
     second = await intake.accept(make_status(str(district), "000.00.02.H99", "123", "03"), sender=district)
     assert first.bus_id != second.bus_id
     assert [m[0] for m in publisher.sent] == ["org.H99.01.00.000", "org.H99.02.00.000"]
+
+
+# -- envelopes arriving from the national axis (relay in) ---------------------------------------------
+
+
+def _signed_by(pki: Pki, body: bytes, uid: str) -> bytes:
+    tree = parse_untrusted(body)
+    signer = issue_certificate(pki.ca, f"Signer {uid or 'without UID'}", uid)
+    sign_tree(tree, signer.key, signer.certificate)
+    return etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+
+
+def _from_axis(topology: Topology, pki: Pki, publisher: FakePublisher) -> Intake:
+    return _intake(
+        topology,
+        pki,
+        publisher,
+        FakeStore(),
+        axis_trust=TrustStore([pki.ca.certificate]),
+        trusted_axes=frozenset({"000.00.90.H98"}),
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "signer"),
+    [
+        ("000.00.00.G12", "000.00.00.G12"),  # a ministry signs its own envelope
+        ("000.00.01.H98", "000.00.90.H98"),  # another province's axis vouches for its agency
+    ],
+)
+async def test_arrival_signed_by_its_sender_or_a_trusted_axis_is_delivered_locally(
+    topology: Topology, pki: Pki, sender: str, signer: str
+) -> None:
+    body = _signed_by(pki, make_document(sender, ["000.00.21.H99", "000.00.00.G77"], 61), signer)
+    publisher = FakePublisher()
+    accepted = await _from_axis(topology, pki, publisher).accept_from_axis(body)
+    assert [str(d.addressed_to) for d in accepted.destinations] == ["000.00.21.H99"]  # not G77: not ours
+    assert [key for key, *_ in publisher.sent] == [accepted.destinations[0].routing_key]
+
+
+@pytest.mark.parametrize(
+    ("sender", "signer", "reason"),
+    [
+        ("000.00.00.G12", "000.00.90.H98", "neither the sender"),  # a peer axis outside its own body
+        ("000.00.00.H98", "000.00.21.H98", "neither the sender"),  # a district signing as its province
+        ("000.00.00.G12", "", "no UID"),  # a certificate that names nobody
+        ("000.00.01.H99", "000.00.01.H99", "a unit of this province"),  # a local agency, from outside
+        ("000.00.55.H99", "000.00.55.H99", "a unit of this province"),  # unlisted, but ours
+        ("000.00.90.H99", "000.00.90.H99", "a unit of this province"),  # this very node
+    ],
+)
+async def test_forged_arrival_is_refused_and_nothing_moves(
+    topology: Topology, pki: Pki, sender: str, signer: str, reason: str
+) -> None:
+    body = _signed_by(pki, make_document(sender, ["000.00.21.H99"], 62), signer)
+    publisher = FakePublisher()
+    with pytest.raises(ForgedSenderError, match=reason):
+        await _from_axis(topology, pki, publisher).accept_from_axis(body)
+    assert publisher.sent == []
+
+
+async def test_unsigned_arrival_is_refused_when_signatures_are_required(topology: Topology, pki: Pki) -> None:
+    publisher = FakePublisher()
+    with pytest.raises(SignatureMissingError):
+        await _from_axis(topology, pki, publisher).accept_from_axis(
+            make_document("000.00.00.G12", ["000.00.21.H99"], 63)
+        )
+    assert publisher.sent == []
