@@ -268,6 +268,11 @@ class StatusStore:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """For read-only query modules beside this one (the operators' dashboard)."""
+        return self._engine
+
     def _insert_ignoring_duplicates(self, table: Any) -> Insert:
         dialect = self._engine.dialect.name
         if dialect == "postgresql":
