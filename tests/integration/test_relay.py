@@ -22,7 +22,7 @@ from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.mock import MockAxisConfig, RunningMockAxis, load_mock_config, serve_mock_axis
 from adapters.national_axis.relay import CircuitState
 from adapters.rabbitmq import BrokerNames
-from bus.delivery import DeliveryState
+from bus.delivery import DeliveryState, TimelineEvent
 from bus.node import Node
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
@@ -329,9 +329,13 @@ async def test_an_axis_that_loses_an_accepted_envelope_gets_it_again(
                 items = await _eventually(arrived, within_s=15, what="the envelope sent again")
                 await ministry.close()
                 assert len(items) == 1
-                events = [e for e in await node.store.timeline(bus_id) if e.recipient == "000.00.00.G12"]
-                sent = [e for e in events if e.state is DeliveryState.SENT_TO_AXIS]
-                assert len(sent) == 2  # the lost one and the one that arrived
+
+                async def both_sends() -> list[TimelineEvent] | None:
+                    events = [e for e in await node.store.timeline(bus_id) if e.recipient == "000.00.00.G12"]
+                    sent = [e for e in events if e.state is DeliveryState.SENT_TO_AXIS]
+                    return events if len(sent) == 2 else None  # the lost one and the one that arrived
+
+                events = await _eventually(both_sends, within_s=10, what="the second sent-to-axis event")
                 assert any(
                     e.state is DeliveryState.RETRYING and "gửi lại" in (e.detail or "") for e in events
                 )
