@@ -97,6 +97,9 @@ class Accepted:
     bus_id: str
     document_id: str
     destinations: tuple[Destination, ...]
+    # What was accepted from whom, for the caller's log lines and metrics.
+    kind: str  # "document" or "status"
+    sender: str
 
 
 def bus_id_for(document: AcceptedDocument) -> str:
@@ -362,7 +365,7 @@ class Intake:
         await self._store.confirm_accept(
             record, recipients, [*links.links, *outbound], business_status=links.business_status
         )
-        return Accepted(bus_id, document_id, destinations)
+        return Accepted(bus_id, document_id, destinations, parsed.kind.value, str(sender))
 
 
 def _uid(certificate: x509.Certificate) -> str | None:

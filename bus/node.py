@@ -20,6 +20,8 @@ from aio_pika.abc import AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 
 from adapters.http import ApiContext, create_app
+from adapters.http.health import Readiness, axis_check, broker_check
+from adapters.http.metrics import NodeMetrics
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
@@ -103,7 +105,11 @@ class Node:
         identity = node_identity(settings)
         policy = intake_policy(settings)
         topology = settings.topology
-        store = StatusStore.connect(settings.database.url, pool_size=settings.database.pool_size)
+        # hide_parameters: a database error's message (logged) never carries a statement's values,
+        # among them envelope bodies and request nonces.
+        store = StatusStore.connect(
+            settings.database.url, pool_size=settings.database.pool_size, hide_parameters=True
+        )
         try:
             await store.create_schema()
         except Exception as exc:
@@ -128,6 +134,8 @@ class Node:
             secrets,
             max_body_bytes=settings.http.max_body_bytes,
             clock_skew_s=settings.http.clock_skew_s,
+            metrics=NodeMetrics(),
+            readiness=Readiness({"broker": broker_check(connection)}),
         )
         worker = None
         if workers:
@@ -148,6 +156,8 @@ class Node:
         axis = None
         if workers and settings.national_axis.endpoint is not None:
             axis = await _axis_link(settings, connection, names, store, intake)
+            api.readiness.checks["national_axis"] = axis_check(axis.breaker)
+            api.metrics.watch_axis(axis)
         log.info(
             "node.started",
             node=str(settings.node.organ_id),
@@ -197,6 +207,7 @@ class Node:
         waiter = asyncio.create_task(_wait(stop))
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("node.stopping")
+        self.api.readiness.stopping = True  # /readyz answers 503: the load balancer drains this node
         if self.axis is not None:
             await self.axis.stop()
             self.axis = None

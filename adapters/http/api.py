@@ -8,6 +8,9 @@ only as itself and reads only its own inbox. Errors are JSON::
 with 400 (every validation problem at once), 401 (not authenticated), 403 (not allowed), 404, 409
 (duplicate, with the earlier bus id), 413 (body too large), 415, 503 (broker unavailable: retry).
 "202 Accepted" is answered only after RabbitMQ confirmed every delivery of the envelope.
+
+Outside ``/v1``, unsigned, for the data centre: ``/healthz``, ``/readyz`` (:mod:`adapters.http.health`)
+and ``/metrics`` (:mod:`adapters.http.metrics`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -27,10 +30,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.http.health import Readiness, database_check
+from adapters.http.metrics import CONTENT_TYPE, NodeMetrics
 from adapters.http.openapi import openapi_document
-from adapters.store.store import DeliveryRow, InboxItem, StatusStore
+from adapters.http.payloads import agencies_json, item_json, sent_json, timeline_json
+from adapters.store.store import StatusStore
 from bus.auth import AuthError, body_digest, read_headers, verify_request
-from bus.delivery import AcceptedDocument, DeliveryState
+from bus.delivery import DeliveryState
 from bus.errors import (
     BrokerError,
     DuplicateEnvelopeError,
@@ -63,6 +69,8 @@ class ApiContext:
     max_body_bytes: int = 64 * 1024 * 1024
     clock_skew_s: int = 300
     clock: Callable[[], float] = time.time
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 class ApiError(Exception):
@@ -74,10 +82,6 @@ class ApiError(Exception):
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": "5"} if status == 503 else None
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers=headers)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _target(request: Request) -> str:
@@ -139,17 +143,44 @@ class _Api:
                 raise AuthError("replayed-request", "this request (its nonce) was already received")
         except AuthError as exc:
             raise ApiError(401, exc.code, str(exc)) from None
+        request.state.agency = organ  # for the log line of a refusal after this point
         return organ, body
 
     # -- routes ----------------------------------------------------------------------------------
 
     async def send(self, request: Request) -> Response:
+        """Every refusal is counted by its code and logged (with what is known of the envelope)."""
+        try:
+            return await self._send(request)
+        except ApiError as exc:
+            self.ctx.metrics.envelope_rejected(exc.code)
+            sender = getattr(request.state, "agency", None)
+            log.info(
+                "send.rejected",
+                code=exc.code,
+                status=exc.status,
+                # Refused before it was authenticated: only who the request claims to come from.
+                **(
+                    {"sender": str(sender)}
+                    if sender is not None
+                    else {"claimed_agency": request.headers.get("x-bus-agency", "")[:64]}
+                ),
+                **({"bus_id": exc.extra["bus_id"]} if "bus_id" in exc.extra else {}),
+                message=exc.message[:500],
+            )
+            raise
+        except Exception:
+            self.ctx.metrics.envelope_rejected("internal")
+            raise
+
+    async def _send(self, request: Request) -> Response:
         content_type = request.headers.get("content-type", "application/xml").split(";")[0].strip()
         if content_type not in _XML_TYPES:
             raise ApiError(
                 415, "unsupported-media-type", f"send the envelope as application/xml, not {content_type}"
             )
         sender, body = await self.authenticate(request)
+        started = time.perf_counter()
         try:
             accepted = await self.ctx.intake.accept(body, sender=sender)
         except EnvelopeInvalidError as exc:
@@ -181,11 +212,13 @@ class _Api:
                 "the envelope was NOT accepted, though some recipients may have it: send the SAME "
                 "envelope again (a repeat is absorbed, never delivered twice)",
             ) from None
+        self.ctx.metrics.envelope_accepted(accepted.kind, time.perf_counter() - started)
         log.info(
             "send.accepted",
             bus_id=accepted.bus_id,
             document_id=accepted.document_id,
-            sender=str(sender),
+            kind=accepted.kind,
+            sender=accepted.sender,
             recipients=[str(d.addressed_to) for d in accepted.destinations],
         )
         return JSONResponse(
@@ -206,7 +239,7 @@ class _Api:
         limit = _bounded(params.get("limit", "100"), "limit", 1, 1000)
         pending = params.get("pending", "true").lower() not in ("false", "0", "no")
         items = await self.ctx.store.inbox(str(agency), pending_only=pending, after=after, limit=limit)
-        return JSONResponse({"items": [_item_json(i) for i in items]})
+        return JSONResponse({"items": [item_json(i) for i in items]})
 
     def _item_id(self, request: Request) -> int:
         raw = request.path_params["item_id"]
@@ -221,7 +254,18 @@ class _Api:
         item = await self.ctx.store.fetch(str(agency), item_id, now)
         if item is None or item.body is None:
             raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
-        log.info("inbox.fetched", bus_id=item.bus_id, document_id=item.document_id, recipient=str(agency))
+        first = item.fetched_at == now  # this request fetched it first: the inbox wait ends here
+        if first:
+            self.ctx.metrics.first_fetch(item.received_at, now)
+        log.info(
+            "inbox.fetched",
+            bus_id=item.bus_id,
+            document_id=item.document_id,
+            sender=item.sender,
+            recipient=item.addressed_to,
+            agency=str(agency),
+            first=first,
+        )
         return Response(
             item.body,
             200,
@@ -257,8 +301,16 @@ class _Api:
             raise ApiError(
                 409, "already-final", f"envelope {item_id} was already acknowledged as {item.ack_state}"
             )
-        log.info("inbox.acknowledged", bus_id=item.bus_id, recipient=str(agency), state=state.value)
-        return JSONResponse(_item_json(item))
+        log.info(
+            "inbox.acknowledged",
+            bus_id=item.bus_id,
+            document_id=item.document_id,
+            sender=item.sender,
+            recipient=item.addressed_to,
+            agency=str(agency),
+            state=state.value,
+        )
+        return JSONResponse(item_json(item))
 
     async def sent(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
@@ -273,7 +325,7 @@ class _Api:
                 400, "bad-parameter", "before must carry its offset (e.g. 2026-11-26T08:00:00+07:00)"
             )
         documents = await self.ctx.store.sent(str(agency), before=before, limit=limit)
-        return JSONResponse({"documents": [_sent_json(doc, rows) for doc, rows in documents]})
+        return JSONResponse({"documents": [sent_json(doc, rows) for doc, rows in documents]})
 
     async def document(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
@@ -287,45 +339,26 @@ class _Api:
         if doc.sender != str(agency) and not codes & {r.recipient for r in rows}:
             raise ApiError(403, "forbidden", f"{agency} neither sent nor received document {bus_id}")
         timeline = await self.ctx.store.timeline(bus_id)
-        return JSONResponse(
-            {
-                **_sent_json(doc, rows),
-                "timeline": [
-                    {
-                        "recipient": e.recipient,
-                        "state": e.state.value,
-                        "label": e.state.label,
-                        "at": _iso(e.at),
-                        "detail": e.detail,
-                    }
-                    for e in timeline
-                ],
-            }
-        )
+        return JSONResponse({**sent_json(doc, rows), "timeline": timeline_json(timeline)})
 
     async def agencies(self, request: Request) -> Response:
         await self.authenticate(request)
-        return JSONResponse(
-            {
-                "province": self.ctx.topology.province,
-                "agencies": [
-                    {
-                        "organ_id": str(a.organ_id),
-                        "name": a.name,
-                        "level": a.level.value,
-                        "parent": str(a.parent) if a.parent else None,
-                        "aliases": [str(x) for x in a.aliases],
-                    }
-                    for a in self.ctx.topology.agencies
-                ],
-            }
-        )
+        return JSONResponse(agencies_json(self.ctx.topology))
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        ready, checks = await self.ctx.readiness.run({"database": database_check(self.ctx.store.engine)})
+        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        agencies = [str(a.organ_id) for a in self.ctx.topology.agencies]
+        body = await self.ctx.metrics.exposition(self.ctx.store, agencies)
+        return Response(body, 200, media_type=CONTENT_TYPE)
 
 
 _MAX_ID = 2**62
@@ -342,45 +375,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
-
-
-def _item_json(item: InboxItem) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "bus_id": item.bus_id,
-        "sender": item.sender,
-        "kind": item.kind,
-        "document_id": item.document_id,
-        "addressed_to": item.addressed_to,
-        "received_at": _iso(item.received_at),
-        "fetched_at": _iso(item.fetched_at),
-        "ack_state": item.ack_state,
-        "acked_at": _iso(item.acked_at),
-    }
-
-
-def _sent_json(doc: AcceptedDocument, rows: list[DeliveryRow]) -> dict[str, Any]:
-    return {
-        "bus_id": doc.bus_id,
-        "kind": doc.kind,
-        "sender": doc.sender,
-        "document_id": doc.document_id,
-        "business_type": doc.business_type,
-        "code": doc.code,
-        "subject": doc.subject,
-        "accepted_at": _iso(doc.accepted_at),
-        "recipients": [
-            {
-                "organ_id": r.recipient,
-                "route": r.route,
-                "state": r.state.value,
-                "label": r.state.label,
-                "business_status": r.business_status,
-                "updated_at": _iso(r.updated_at),
-            }
-            for r in rows
-        ],
-    }
 
 
 def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -410,6 +404,8 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/v1/agencies", _guarded(api.agencies), methods=["GET"]),
         Route("/v1/openapi.json", api.openapi, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
     ]
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -118,6 +118,25 @@ def openapi_document() -> dict[str, Any]:
                         "acked_at": {"type": ["string", "null"], "format": "date-time"},
                     },
                 },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["ready", "checks"],
+                    "properties": {
+                        "ready": {"type": "boolean"},
+                        "checks": {
+                            "type": "object",
+                            "description": "database, broker, national_axis, node (when stopping)",
+                            "additionalProperties": {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {
+                                    "status": {"enum": ["ok", "degraded", "failed"]},
+                                    "detail": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
                 "Document": {
                     "type": "object",
                     "properties": {
@@ -303,6 +322,37 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "The process is alive",
                     "security": [],
                     "responses": {"200": {"description": "ok"}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready for traffic: broker connected, database answering (load balancers)",
+                    "description": (
+                        "Not signed; reachable from the load balancer and monitoring only. Each check has "
+                        "a 2 s limit. The national axis, when configured, reports 'degraded' while its "
+                        "circuit is open and the node stays ready: local exchange goes on."
+                    ),
+                    "security": [],
+                    "responses": {
+                        "200": _json("ready", "#/components/schemas/Readiness"),
+                        "503": _json("not ready: see the failed checks", "#/components/schemas/Readiness"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text exposition format 0.0.4)",
+                    "description": (
+                        "Not signed; for the data centre's Prometheus: firewall it from agencies. "
+                        "Metric names and labels: adapters/http/metrics.py."
+                    ),
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
                 }
             },
         },

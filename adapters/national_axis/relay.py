@@ -27,7 +27,7 @@ import datetime as dt
 import enum
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
@@ -77,6 +77,7 @@ class CircuitBreaker:
         self._failures = 0
         self.state = CircuitState.CLOSED
         self.opened_at: float | None = None
+        self.openings = 0  # times the circuit opened (metrics)
         self.changed = asyncio.Event()
 
     def success(self) -> None:
@@ -92,6 +93,7 @@ class CircuitBreaker:
         if self.state is CircuitState.CLOSED and self._failures >= self.threshold:
             self.state = CircuitState.OPEN
             self.opened_at = self._clock()
+            self.openings += 1
             log.warning("axis.circuit_open", failures=self._failures, probe_every_s=self.open_s)
             self.changed.set()
 
@@ -108,6 +110,17 @@ def _text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
         elif isinstance(value, str | int) and not isinstance(value, bool):
             out[key] = str(value)
     return out
+
+
+def _envelope_fields(headers: Mapping[str, object]) -> dict[str, str]:
+    """What every log line about this envelope carries (issue 5: operators search by any of them)."""
+    fields = {
+        "bus_id": headers.get("x-bus-id"),
+        "document_id": headers.get("x-bus-document-id"),
+        "sender": headers.get("x-bus-sender"),
+        "recipient": headers.get("x-bus-recipient"),
+    }
+    return {k: str(v) for k, v in fields.items() if v}
 
 
 def _attempt_key(headers: dict[str, str], attempt: int) -> str:
@@ -145,7 +158,14 @@ class RelayOut:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._probe: asyncio.Task[None] | None = None
-        self.attempts = 0  # sendEdoc calls made by this process (bench and tests read it)
+        # What this process did, for bench, tests and metrics: sendEdoc calls; envelopes the axis took;
+        # temporary failures parked for a retry; refusals by the axis; messages dead-lettered (refusals,
+        # attempts used up, messages that are not the bus's).
+        self.attempts = 0
+        self.sent = 0
+        self.retried = 0
+        self.rejected = 0
+        self.dead_lettered = 0
 
     async def start(self) -> None:
         # Declared passively (not looked up) so that a robust channel restores the consumer.
@@ -223,6 +243,10 @@ class RelayOut:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         headers = _text_headers(message)
+        with structlog.contextvars.bound_contextvars(**_envelope_fields(headers)):
+            await self._relay(message, headers)
+
+    async def _relay(self, message: AbstractIncomingMessage, headers: dict[str, str]) -> None:
         missing = [name for name in _REQUIRED if not headers.get(name)]
         if missing or not message.message_id:
             await self._dead(message, headers, f"not a bus message: missing {', '.join(missing) or 'id'}")
@@ -250,6 +274,7 @@ class RelayOut:
             return
         except AxisRejectedError as exc:
             self._breaker.success()
+            self.rejected += 1
             log.warning("relay_out.rejected", **context, reason=str(exc))
             await self._record(
                 TimelineEvent(
@@ -286,6 +311,7 @@ class RelayOut:
             kept,
         )
         await message.ack()
+        self.sent += 1
         log.info("relay_out.sent", **context, axis_doc_id=doc_id)
 
     async def _temporary(
@@ -331,6 +357,7 @@ class RelayOut:
             await message.nack(requeue=True)
             return
         await message.ack()
+        self.retried += 1
         log.warning("relay_out.retrying", bus_id=bus_id, recipient=recipient, attempt=attempt, in_ms=delay)
 
     async def _park(self, message: AbstractIncomingMessage, headers: dict[str, str], attempts: int) -> None:
@@ -367,7 +394,8 @@ class RelayOut:
             await message.nack(requeue=True)
             return
         await message.ack()
-        log.error("relay_out.dead_lettered", bus_id=headers.get("x-bus-id"), reason=reason)
+        self.dead_lettered += 1
+        log.error("relay_out.dead_lettered", **_envelope_fields(headers), reason=reason)
 
 
 class RelayIn:
@@ -487,7 +515,15 @@ class RelayIn:
         try:
             accepted = await self._intake.accept_from_axis(body)
             self.accepted += 1
-            log.info("relay_in.accepted", axis_doc_id=doc_id, bus_id=accepted.bus_id)
+            log.info(
+                "relay_in.accepted",
+                axis_doc_id=doc_id,
+                bus_id=accepted.bus_id,
+                document_id=accepted.document_id,
+                kind=accepted.kind,
+                sender=accepted.sender,
+                recipients=[str(d.addressed_to) for d in accepted.destinations],
+            )
             return True
         except DuplicateEnvelopeError as exc:
             self.duplicates += 1
@@ -622,9 +658,8 @@ class Reconciler:
             await self._store.settle_axis_send(
                 send.id, "lost", now, (event, f"{send.bus_id}|{send.recipient}|lost|{send.axis_doc_id}")
             )
-            log.warning(
-                "reconcile.resent", bus_id=send.bus_id, recipient=send.recipient, axis_doc_id=send.axis_doc_id
-            )
+            fields = {**_envelope_fields(send.headers), "bus_id": send.bus_id, "recipient": send.recipient}
+            log.warning("reconcile.resent", **fields, axis_doc_id=send.axis_doc_id)
             resent += 1
         self.resent += resent
         return resent

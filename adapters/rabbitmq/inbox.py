@@ -32,6 +32,22 @@ __all__ = ["InboxStorePort", "InboxWorker"]
 log = structlog.get_logger("bus.inbox")
 
 _REQUIRED = ("x-bus-id", "x-bus-sender", "x-bus-recipient", "x-bus-kind", "x-bus-document-id")
+# Log fields of an envelope (issue 5: every line about one carries them) and the headers they come from.
+_LOGGED = {
+    "bus_id": "x-bus-id",
+    "document_id": "x-bus-document-id",
+    "sender": "x-bus-sender",
+    "recipient": "x-bus-recipient",
+}
+
+
+def _fields(item: InboxItem) -> dict[str, str]:
+    return {
+        "bus_id": item.bus_id,
+        "document_id": item.document_id,
+        "sender": item.sender,
+        "recipient": item.addressed_to,
+    }
 
 
 class InboxStorePort(Protocol):
@@ -100,15 +116,9 @@ class InboxWorker:
                 try:
                     await message.ack()
                 except Exception as exc:  # the channel died: the broker redelivers, the store absorbs it
-                    log.warning("inbox.ack_failed", bus_id=item.bus_id, error=type(exc).__name__)
+                    log.warning("inbox.ack_failed", **_fields(item), error=type(exc).__name__)
                 if new:
-                    log.info(
-                        "inbox.queued",
-                        bus_id=item.bus_id,
-                        document_id=item.document_id,
-                        sender=item.sender,
-                        recipient=item.addressed_to,
-                    )
+                    log.info("inbox.queued", **_fields(item), kind=item.kind)
 
     async def _write(self, items: list[InboxItem]) -> list[bool]:
         # The messages stay unacknowledged (safe in their queues) while the store is down. Requeueing
@@ -142,7 +152,11 @@ class InboxWorker:
         missing = [name for name in _REQUIRED if not text.get(name)]
         if missing or not message.message_id:
             reason = f"not a bus message: missing {', '.join(missing) or 'message id'}"
-            log.warning("inbox.poison", queue=queue_name, reason=reason, message_id=message.message_id)
+            # What the message does carry (cut short: it is not the bus's), to find where it came from.
+            known = {field: text[header][:100] for field, header in _LOGGED.items() if text.get(header)}
+            log.warning(
+                "inbox.poison", queue=queue_name, reason=reason, message_id=message.message_id, **known
+            )
             try:
                 await self._publisher.dead_letter(
                     message.body,
