@@ -1,4 +1,5 @@
-"""The operator's ``bus`` commands for dead letters: ``deadletters`` lists them, ``replay`` sends them back.
+"""The operator's ``bus`` commands: ``deadletters`` lists dead letters, ``replay`` sends them back,
+``operator-password`` makes the password hash of a dashboard operator.
 
 Exit status as for every ``bus`` command: 0 success; 1 something asked for was not done (an unknown
 id, a failed replay: one line each on stdout); 2 usage, configuration or connection problem.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from adapters.store import StatusStore
 from adapters.store.store import DeadLetter
 from bus.cli_service import _local, _table
 from bus.errors import BrokerError, BusError
+from bus.passwords import hash_password
 from bus.settings import Settings, load_settings
 
 __all__ = ["add_commands"]
@@ -155,8 +158,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_NOT_DONE
 
 
+# -- operator-password --------------------------------------------------------------------------------
+
+
+def _read_password() -> str:
+    """Asked twice on a terminal (echo off); otherwise the first line of stdin (scripts, pipes)."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Mật khẩu (password): ")
+        if getpass.getpass("Nhập lại (again): ") != first:
+            raise ValueError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_operator_password(args: argparse.Namespace) -> int:
+    try:
+        hashed = hash_password(_read_password())
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except (EOFError, KeyboardInterrupt):
+        _err("error: no password given")
+        return EXIT_USAGE
+    print(hashed)
+    _err(
+        "put it in the configuration file:\n"
+        f'  [[dashboard.operators]]\n  username = "{args.username}"\n  password_hash = "{hashed}"'
+    )
+    return EXIT_OK
+
+
 def add_commands(commands: Any) -> None:
-    """Register deadletters and replay on the ``bus`` parser's subcommands."""
+    """Register deadletters, replay and operator-password on the ``bus`` parser's subcommands."""
     listing = commands.add_parser("deadletters", help="list dead letters (newest first) with their reasons")
     listing.add_argument("--config", required=True, type=Path)
     listing.add_argument("--all", action="store_true", help="also those already replayed")
@@ -169,3 +202,12 @@ def add_commands(commands: Any) -> None:
     again.add_argument("--config", required=True, type=Path)
     again.add_argument("ids", nargs="+", type=int, metavar="ID", help="ids from `bus deadletters`")
     again.set_defaults(handler=_guarded(cmd_replay))
+
+    password = commands.add_parser(
+        "operator-password",
+        help="hash a dashboard operator's password (asked on the terminal, or the first line of stdin)",
+    )
+    password.add_argument(
+        "--username", default="OPERATOR", help="only shown in the configuration snippet printed on stderr"
+    )
+    password.set_defaults(handler=cmd_operator_password)

@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import structlog
 import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
+from starlette.applications import Starlette
 
+from adapters.dashboard import create_dashboard
 from adapters.http import ApiContext, create_app
 from adapters.http.health import Readiness, axis_check, broker_check
 from adapters.http.metrics import NodeMetrics
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
-from adapters.rabbitmq.deadletters import DeadLetterWorker
+from adapters.rabbitmq.deadletters import DeadLetterWorker, ReplayResult, replay
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
+from adapters.store.dashboard_queries import create_dashboard_indexes
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
 from bus.errors import BrokerError, ConfigError
 from bus.intake import Intake, IntakePolicy, NodeIdentity
@@ -98,6 +103,14 @@ class Node:
     worker: InboxWorker | None
     axis: AxisLink | None = None
     dead_letters: DeadLetterWorker | None = None
+    dashboard: Starlette | None = None
+
+    def http_app(self) -> Starlette:
+        """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
+        app = create_app(self.api)
+        if self.dashboard is not None:
+            app.mount("/dashboard", self.dashboard)
+        return app
 
     @classmethod
     async def start(cls, settings: Settings, *, workers: bool = True) -> Node:
@@ -112,6 +125,8 @@ class Node:
         )
         try:
             await store.create_schema()
+            # create_all adds indexes only with new tables: a store made before them gets them here.
+            await create_dashboard_indexes(store.engine)
         except Exception as exc:
             await store.close()
             raise ConfigError(f"cannot open the status store {settings.database.url}: {exc}") from exc
@@ -158,6 +173,9 @@ class Node:
             axis = await _axis_link(settings, connection, names, store, intake)
             api.readiness.checks["national_axis"] = axis_check(axis.breaker)
             api.metrics.watch_axis(axis)
+        dashboard = None
+        if settings.dashboard.enabled:
+            dashboard = await _dashboard(settings, connection, names, store, axis)
         log.info(
             "node.started",
             node=str(settings.node.organ_id),
@@ -166,7 +184,7 @@ class Node:
             workers=workers,
             national_axis=settings.national_axis.endpoint,
         )
-        return cls(settings, store, connection, intake, api, worker, axis, dead_letters)
+        return cls(settings, store, connection, intake, api, worker, axis, dead_letters, dashboard)
 
     async def stop(self) -> None:
         if self.axis is not None:
@@ -193,7 +211,7 @@ class Node:
         tasks: list[asyncio.Task[None]] = []
         if http:
             config = uvicorn.Config(
-                create_app(self.api),
+                self.http_app(),
                 host=self.settings.http.host,
                 port=self.settings.http.port,
                 log_config=None,
@@ -274,6 +292,39 @@ async def _axis_link(
     )
     await link.start()
     return link
+
+
+async def _dashboard(
+    settings: Settings,
+    connection: AbstractRobustConnection,
+    names: BrokerNames,
+    store: StatusStore,
+    axis: AxisLink | None,
+) -> Starlette:
+    """The operators' dashboard, with the two things it needs from the node: the national axis link's
+    state (with the outbound backlog from RabbitMQ) and replays through a confirming channel."""
+    publisher = Publisher(await open_channel(connection), names, timeout=settings.amqp.publish_timeout_s)
+    peek = await connection.channel()
+
+    async def replay_ids(ids: list[int]) -> list[ReplayResult]:
+        return await replay(store, publisher, ids, dt.datetime.now(dt.UTC))
+
+    async def link_status() -> dict[str, Any]:
+        queue = await peek.declare_queue(names.outbound_queue, passive=True)
+        status: dict[str, Any] = {
+            "configured": axis is not None,
+            "endpoint": settings.national_axis.endpoint,
+            "backlog": queue.declaration_result.message_count,
+        }
+        if axis is not None:
+            status.update(
+                circuit=axis.breaker.state.value,
+                failures=axis.breaker.failures,
+                open_since=axis.breaker.open_since(dt.datetime.now(dt.UTC)),
+            )
+        return status
+
+    return create_dashboard(settings, store, link_status=link_status, replay=replay_ids)
 
 
 async def _wait(event: asyncio.Event) -> None:

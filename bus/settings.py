@@ -12,23 +12,35 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bus.errors import ConfigError
+from bus.passwords import PasswordHash, parse_password_hash
 from bus.topology import Agency, BusNode, Topology
 
 __all__ = [
     "AmqpSettings",
+    "DashboardSettings",
     "DatabaseSettings",
     "HttpSettings",
     "NationalAxisSettings",
+    "Operator",
     "Settings",
     "load_settings",
 ]
 
 
 MIN_SECRET_BYTES = 16
+MIN_SESSION_SECRET_BYTES = 32  # the HMAC key of the dashboard's session cookies
 
 
 class _Section(BaseModel):
@@ -92,6 +104,53 @@ class NationalAxisSettings(_Section):
         return self
 
 
+class Operator(_Section):
+    """Someone who may log in to the operators' dashboard."""
+
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    # From `bus operator-password`: scrypt with a salt of its own (bus/passwords.py); never the password.
+    password_hash: str
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_hash(cls, value: str) -> str:
+        parse_password_hash(value)  # ValueError names what is wrong
+        return value
+
+    @property
+    def hash(self) -> PasswordHash:
+        return parse_password_hash(self.password_hash)
+
+
+class DashboardSettings(_Section):
+    """The operators' web dashboard (mounted at ``/dashboard`` by ``bus serve``). Without operators it
+    is not served; with operators a session secret is required (``BUS_DASHBOARD__SESSION_SECRET``)."""
+
+    operators: tuple[Operator, ...] = ()
+    # Signs the session cookies: whoever knows it can log in as anyone. Changing it logs everyone out.
+    session_secret: SecretStr | None = None
+    # A session ends this long after its login, whatever the operator does meanwhile.
+    session_ttl_s: int = Field(default=8 * 3600, gt=0, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _usable(self) -> DashboardSettings:
+        names = [o.username for o in self.operators]
+        if len(set(names)) != len(names):
+            raise ValueError("dashboard.operators lists a username more than once")
+        if self.operators:
+            secret = b"" if self.session_secret is None else self.session_secret.get_secret_value().encode()
+            if len(secret) < MIN_SESSION_SECRET_BYTES:
+                raise ValueError(
+                    f"dashboard.session_secret must have at least {MIN_SESSION_SECRET_BYTES} bytes when "
+                    "dashboard.operators is set (e.g. BUS_DASHBOARD__SESSION_SECRET=$(openssl rand -hex 32))"
+                )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.operators)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BUS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -104,6 +163,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
     national_axis: NationalAxisSettings = NationalAxisSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
     # A value here wins over an agency's ``secret`` in the file.
     agency_secrets: dict[str, SecretStr] = {}

@@ -158,8 +158,15 @@ echo "it verifies against tỉnh Thử's CA (its sender's signature and both axe
 bus verify --ca "$out/pki/ca.pem" --ca "$out/pki-h98/ca.pem" "$out"/inbox/tu-tinh-thu/*.edxml
 bus status --config "$config2" "000.00.00.H98,2026/11/25,77/UBND-KT"
 
+step "14. What an operator sees: readiness, metrics, dead letters, the dashboard"
+curl -fsS "$url/readyz"; echo
+curl -fsS "$url/metrics" | grep -E '^bus_(envelopes_accepted_total|deliveries\{state="(done|sent-to-axis)"\}|relay_out_sent_total)'
+bus deadletters --config "$config"
+echo "dashboard: $url/dashboard/ (login van.hanh / demo-only-password) while bus serve runs:"
+echo "  bus serve --config $config"
+
 if [ -d ../shared/interop ]; then
-  step "14. Real envelopes from ../shared/interop (see README: which pass and why not)"
+  step "15. Real envelopes from ../shared/interop (see README: which pass and why not)"
   bus validate ../shared/interop/*/*.edxml 2>&1 || true
 fi
 printf '\nDemo finished: outputs in %s/ (bus serve stops now)\n' "$out"

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/services.sh   # RabbitMQ and PostgreSQL: integration tests use the real ones
+./scripts/browser.sh    # Debian's Chromium for the dashboard's browser test
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "==> ruff check";  ruff check .

@@ -101,6 +101,17 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.state is CircuitState.OPEN
 
+    @property
+    def failures(self) -> int:
+        """Temporary failures in a row."""
+        return self._failures
+
+    def open_since(self, now: dt.datetime) -> dt.datetime | None:
+        """When the circuit opened, as a time of day (it keeps a monotonic clock)."""
+        if self.opened_at is None:
+            return None
+        return now - dt.timedelta(seconds=self._clock() - self.opened_at)
+
 
 def _text_headers(message: AbstractIncomingMessage) -> dict[str, str]:
     out: dict[str, str] = {}

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -161,3 +162,15 @@ async def test_status_watch_refreshes_until_every_recipient_is_final(
     assert "0/1 nơi nhận đã xong" in out  # the first table
     assert out.rstrip().endswith("1/1 nơi nhận đã xong")  # and the last, when it stopped
     assert "Đơn vị nhận đã nhận xong" in out
+
+
+async def test_bus_serve_mounts_the_operators_dashboard(served: tuple[Path, ServeProcess]) -> None:
+    _, server = served
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        page = await http.get("/dashboard/")
+        assert page.status_code in (302, 303, 307)  # not logged in: to the login page
+        login = await http.get(page.headers["location"])
+        assert login.status_code == 200
+        assert "Đăng nhập" in login.text
+        api = await http.get("/v1/agencies")
+        assert api.status_code == 401  # the agency API is unchanged beside it

@@ -1,0 +1,410 @@
+"""The operators' dashboard over HTTP (httpx against the ASGI app, mounted at /dashboard as ``bus serve``
+mounts it) on a real SQLite store; and its search queries' PostgreSQL plans over 20,000 documents."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from adapters.dashboard import create_dashboard
+from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
+from adapters.store import StatusStore
+from adapters.store.dashboard_queries import (
+    DASHBOARD_INDEXES,
+    DocumentSearch,
+    create_dashboard_indexes,
+    inbox_depth_query,
+    search_documents,
+    search_query,
+)
+from adapters.store.tables import deliveries, events
+from bus.checks import VN_TZ
+from bus.delivery import AcceptedDocument, DeliveryState
+from bus.settings import load_settings
+from tests.conftest import ROOT
+from tests.integration.conftest import fresh_database
+from tests.integration.dashboard_seed import (
+    COMMUNE,
+    DEAD_REASON,
+    OPERATOR,
+    PASSWORD,
+    SUBJECT,
+    Sample,
+    dashboard_settings,
+    explain,
+    record_sample,
+    seed_documents,
+)
+
+pytestmark = pytest.mark.asyncio
+NOW = dt.datetime(2026, 11, 20, 8, 0, tzinfo=dt.UTC)
+TTL_S = 3600
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+class FakeReplay:
+    """Records what it was asked to replay and marks it replayed in the store, as the real one does."""
+
+    def __init__(self, store: StatusStore) -> None:
+        self.store, self.calls = store, list[list[int]]()
+
+    async def __call__(self, ids: list[int]) -> list[ReplayResult]:
+        self.calls.append(ids)
+        results = []
+        for i in ids:
+            item = await self.store.mark_replayed(i, NOW)
+            outcome = ReplayOutcome.UNKNOWN if item is None else ReplayOutcome.REPLAYED
+            results.append(ReplayResult(i, outcome, "bus.inbox.000.01.21.H99", error="no dead letter"))
+        return results
+
+
+class Env:
+    def __init__(
+        self, client: httpx.AsyncClient, store: StatusStore, sample: Sample, replay: FakeReplay
+    ) -> None:
+        self.client, self.store, self.sample, self.replay = client, store, sample, replay
+        self.clock = FakeClock()
+        self.link: dict[str, Any] = {
+            "configured": True,
+            "endpoint": "https://truc.example/vdxp",
+            "backlog": 0,
+        }
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    store = StatusStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'bus.db'}")
+    await store.create_schema()
+    sample = await record_sample(store, NOW)
+    settings = dashboard_settings(load_settings(ROOT / "config" / "example-province.toml"), ttl_s=TTL_S)
+    replay = FakeReplay(store)
+    holder: list[Env] = []
+
+    async def link_status() -> dict[str, Any]:
+        if isinstance(holder[0].link, Exception):
+            raise holder[0].link
+        return holder[0].link
+
+    app = create_dashboard(
+        settings, store, link_status=link_status, replay=replay, clock=lambda: holder[0].clock()
+    )
+    node = Starlette(routes=[Mount("/dashboard", app=app)])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=node), base_url="http://bus.test"
+    ) as client:
+        holder.append(Env(client, store, sample, replay))
+        yield holder[0]
+    await store.close()
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def login(
+    env: Env, password: str = PASSWORD, username: str = OPERATOR, next: str = ""
+) -> httpx.Response:
+    form = await env.client.get("/dashboard/login")
+    data = {"username": username, "password": password, "csrf_token": csrf_of(form), "next": next}
+    return await env.client.post("/dashboard/login", data=data)
+
+
+async def test_every_page_needs_a_login(env: Env) -> None:
+    for path in ("/dashboard/", "/dashboard/inboxes", "/dashboard/axis", "/dashboard/dead-letters"):
+        response = await env.client.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/dashboard/login?next=")
+    replay = await env.client.post("/dashboard/dead-letters/replay", data={"id": "1", "csrf_token": "x"})
+    assert replay.status_code == 303
+    assert env.replay.calls == []
+    after = await login(env, next="/dashboard/inboxes")
+    assert (after.status_code, after.headers["location"]) == (303, "/dashboard/inboxes")
+    cookie = after.headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/dashboard" in cookie
+    assert (await env.client.get("/dashboard/inboxes")).status_code == 200
+
+
+async def test_a_failed_login_does_not_say_what_was_wrong(env: Env) -> None:
+    wrong_password = await login(env, password="mật khẩu sai")  # noqa: S106 - a wrong one on purpose
+    unknown_user = await login(env, username="khong.co.ai")
+    for response in (wrong_password, unknown_user):
+        assert response.status_code == 401
+        assert "Tên đăng nhập hoặc mật khẩu không đúng." in response.text
+    assert wrong_password.text.replace(OPERATOR, "khong.co.ai") == unknown_user.text.replace(
+        csrf_of(unknown_user), csrf_of(wrong_password)
+    )
+    assert (await env.client.get("/dashboard/")).status_code == 303
+
+
+async def test_no_redirect_to_another_site_after_login(env: Env) -> None:
+    for target in ("https://evil.example/", "//evil.example/x", "/other-app/"):
+        env.client.cookies.clear()
+        response = await login(env, next=target)
+        assert response.headers["location"] == "/dashboard/"
+
+
+async def test_a_session_expires(env: Env) -> None:
+    await login(env)
+    assert (await env.client.get("/dashboard/")).status_code == 200
+    env.clock.now = NOW + dt.timedelta(seconds=TTL_S - 1)
+    assert (await env.client.get("/dashboard/")).status_code == 200
+    env.clock.now = NOW + dt.timedelta(seconds=TTL_S + 1)
+    expired = await env.client.get("/dashboard/")
+    assert expired.status_code == 303
+    assert "expired=1" in expired.headers["location"]
+    page = await env.client.get(expired.headers["location"])
+    assert "Phiên làm việc đã hết hạn" in page.text
+
+
+async def test_a_forged_or_edited_cookie_is_no_session(env: Env) -> None:
+    await login(env)
+    cookie = env.client.cookies["bus_dashboard"]
+    body, signature = cookie.split(".")
+    env.client.cookies.clear()
+    env.client.cookies.set("bus_dashboard", f"{body}.{signature[:-2]}AA", path="/dashboard")
+    assert (await env.client.get("/dashboard/")).status_code == 303
+
+
+async def test_a_post_without_the_csrf_token_is_refused(env: Env) -> None:
+    await login(env)
+    missing = await env.client.post("/dashboard/logout", data={})
+    wrong = await env.client.post(
+        "/dashboard/dead-letters/replay", data={"id": str(env.sample.dead_letter_id), "csrf_token": "guessed"}
+    )
+    assert (missing.status_code, wrong.status_code) == (403, 403)
+    assert "CSRF" in wrong.text
+    assert env.replay.calls == []
+    assert (await env.client.get("/dashboard/")).status_code == 200  # still logged in
+    env.client.cookies.clear()
+    no_token = await env.client.post("/dashboard/login", data={"username": OPERATOR, "password": PASSWORD})
+    assert no_token.status_code == 403
+    assert "bus_dashboard" not in no_token.headers.get("location", "")
+
+
+async def test_logout_ends_the_session(env: Env) -> None:
+    await login(env)
+    page = await env.client.get("/dashboard/")
+    out = await env.client.post("/dashboard/logout", data={"csrf_token": csrf_of(page)})
+    assert out.status_code == 303
+    assert "logged_out=1" in out.headers["location"]
+    assert (await env.client.get("/dashboard/")).status_code == 303
+
+
+async def found(env: Env, **query: str) -> list[str]:
+    """Bus ids on the documents page for *query*, in page order."""
+    response = await env.client.get("/dashboard/", params=query)
+    assert response.status_code == 200, response.text
+    return re.findall(r'href="/dashboard/documents/([0-9a-f-]{36})"', response.text)
+
+
+async def test_search_filters(env: Env) -> None:
+    await login(env)
+    sent, older, dead = env.sample.sent, env.sample.older, env.sample.dead
+    assert await found(env) == [dead.bus_id, sent.bus_id, older.bus_id]  # newest first
+    assert await found(env, document_id=sent.document_id) == [sent.bus_id]
+    assert await found(env, document_id=older.bus_id) == [older.bus_id]
+    assert await found(env, code="56/SNV-TCCB") == [older.bus_id]
+    assert await found(env, agency="000.00.00.H99") == [sent.bus_id]  # as sender
+    assert await found(env, agency="1.H99") == [older.bus_id]  # a short form of 000.00.01.H99
+    assert await found(env, agency=COMMUNE) == [dead.bus_id, sent.bus_id]  # as recipient
+    day = (NOW - dt.timedelta(days=1)).astimezone(VN_TZ).date()
+    assert await found(env, **{"from": day.isoformat(), "to": day.isoformat()}) == [older.bus_id]
+    assert await found(env, **{"from": f"{NOW.astimezone(VN_TZ):%d/%m/%Y}"}) == [dead.bus_id, sent.bus_id]
+    assert await found(env, state="dead-lettered") == [dead.bus_id]
+    assert await found(env, state="sent-to-axis", agency="000.00.00.G22") == [sent.bus_id]
+    assert await found(env, state="dead-lettered", agency="000.00.00.H99") == []
+    bad = await env.client.get("/dashboard/", params={"agency": "Sở Nội vụ", "to": "hôm qua"})
+    assert bad.status_code == 400
+    assert "không đúng dạng V.Z.Y.MXX" in bad.text
+    assert "Ngày «hôm qua» không đúng" in bad.text
+
+
+async def test_pages_follow_each_other_by_keyset(env: Env) -> None:
+    """55 more documents, many accepted in the same second (the bus id breaks the tie): two pages, every
+    document once, newest first."""
+    expected = [(d.accepted_at, d.bus_id) for d in (env.sample.sent, env.sample.older, env.sample.dead)]
+    for n in range(55):
+        at = NOW - dt.timedelta(hours=2, seconds=n // 10)
+        doc = AcceptedDocument(
+            str(uuid.uuid4()), "document", "000.00.03.H99", f"KH-{n}", 0, None, None, at, "0" * 64
+        )
+        await env.store.record_accepted(doc, [(COMMUNE, "local")])
+        expected.append((at, doc.bus_id))
+    await login(env)
+    shown: list[str] = []
+    response = await env.client.get("/dashboard/")
+    pages = 0
+    while True:
+        pages += 1
+        shown += re.findall(r'href="/dashboard/documents/([0-9a-f-]{36})"', response.text)
+        following = re.search(r'href="([^"]+)" rel="next"', response.text)
+        if following is None:
+            break
+        response = await env.client.get(html.unescape(following.group(1)))
+    assert pages == 2
+    assert shown == [bus_id for _, bus_id in sorted(expected, reverse=True)]
+
+
+async def test_a_document_page_shows_its_recipients_and_timeline(env: Env) -> None:
+    await login(env)
+    page = await env.client.get(f"/dashboard/documents/{env.sample.sent.bus_id}")
+    assert page.status_code == 200
+    text = page.text
+    # Escaped, and Vietnamese unmangled (UTF-8 declared and sent).
+    assert "V/v triển khai chuyển đổi số — xã Hòa Tiến &lt;b&gt;khẩn&lt;/b&gt;" in text
+    assert SUBJECT not in text
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert "Ủy ban nhân dân huyện Đồng Xuân" in text  # the recipient's name from the topology
+    for label in (
+        "Đơn vị nhận đã nhận xong",
+        "Đã vào hộp thư đến",
+        "Đang thử gửi lại",
+        "Đã gửi lên trục quốc gia",
+    ):
+        assert label in text
+    assert "lần 1: trục quốc gia trả lời HTTP 503, thử lại sau 5 giây" in text
+    # Times in Asia/Ho_Chi_Minh: accepted 05:00 UTC is 12:00 in Hanoi.
+    assert "20/11/2026 12:00:00" in text
+    assert "script-src" not in page.headers["content-security-policy"]
+    missing = await env.client.get("/dashboard/documents/khong-co")
+    assert missing.status_code == 404
+    assert "Không tìm thấy văn bản" in missing.text
+
+
+async def test_inboxes_show_depth_and_the_oldest_waiting_envelope(env: Env) -> None:
+    await login(env)
+    text = (await env.client.get("/dashboard/inboxes")).text
+    row = re.search(rf"<tr class=\"late\">\s*<td>{COMMUNE}</td>(.*?)</tr>", text, re.S)
+    assert row, text
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells == ["Ủy ban nhân dân xã Xuân Phước", "1", "1", "20/11/2026 12:55:00", "2 giờ 5 phút"]
+
+
+async def test_the_national_axis_link(env: Env) -> None:
+    await login(env)
+    assert "Hoạt động" in (await env.client.get("/dashboard/axis")).text
+    env.link = {
+        "configured": True,
+        "endpoint": "https://truc.example/vdxp",
+        "circuit": "open",
+        "open_since": NOW - dt.timedelta(minutes=4),
+        "failures": 5,
+        "backlog": 1234,
+        "last_error": "ConnectError: không kết nối được",
+    }
+    text = (await env.client.get("/dashboard/axis")).text
+    assert "Ngắt mạch" in text
+    assert "1234 gói tin" in text
+    assert "4 phút" in text
+    assert "ConnectError: không kết nối được" in text
+    env.link = RuntimeError("RabbitMQ management không trả lời")  # type: ignore[assignment]
+    text = (await env.client.get("/dashboard/axis")).text
+    assert "Không lấy được trạng thái kết nối: RuntimeError: RabbitMQ management không trả lời" in text
+
+
+async def test_a_dead_letter_is_replayed_after_confirmation(env: Env) -> None:
+    await login(env)
+    letter = env.sample.dead_letter_id
+    listing = (await env.client.get("/dashboard/dead-letters")).text
+    assert DEAD_REASON in listing
+    confirm = await env.client.get("/dashboard/dead-letters/replay", params={"id": str(letter)})
+    assert confirm.status_code == 200  # asking changes nothing
+    assert env.replay.calls == []
+    assert "Xác nhận gửi lại 1 thư" in confirm.text
+    assert DEAD_REASON in confirm.text
+    done = await env.client.post(
+        "/dashboard/dead-letters/replay", data={"id": str(letter), "csrf_token": csrf_of(confirm)}
+    )
+    assert done.status_code == 200
+    assert env.replay.calls == [[letter]]
+    assert "Đã gửi lại vào hàng đợi bus.inbox.000.01.21.H99" in done.text
+    assert DEAD_REASON not in (await env.client.get("/dashboard/dead-letters")).text  # replayed: not listed
+    timeline = (await env.client.get(f"/dashboard/documents/{env.sample.dead.bus_id}")).text
+    assert "Cán bộ vận hành cho gửi lại" in timeline
+    nothing = await env.client.get("/dashboard/dead-letters/replay")
+    assert nothing.status_code == 400
+    assert "Chưa chọn thư lỗi nào." in nothing.text
+
+
+# -- PostgreSQL plans ----------------------------------------------------------------------------------
+
+
+async def test_searches_read_indexes_not_whole_tables(tmp_path: Path) -> None:
+    started = time.monotonic()
+    async with fresh_database("postgresql", tmp_path) as url:
+        store = StatusStore.connect(url)
+        try:
+            await store.create_schema()
+            seeded = await seed_documents(url, 20_000)
+            day = dt.datetime.combine(seeded.day, dt.time(), tzinfo=VN_TZ)
+            searches = {
+                "newest first": DocumentSearch(),
+                "DocumentId": DocumentSearch(document_id=seeded.document_id),
+                "code and notation": DocumentSearch(code=seeded.code),
+                "agency": DocumentSearch(agency=seeded.agency),
+                "one day": DocumentSearch(since=day, until=day + dt.timedelta(days=1)),
+                "dead-lettered": DocumentSearch(state=DeliveryState.DEAD_LETTERED),
+                "failed": DocumentSearch(state=DeliveryState.FAILED),
+                "agency, failed": DocumentSearch(agency=seeded.agency, state=DeliveryState.FAILED),
+                "agency, a month": DocumentSearch(
+                    agency=seeded.agency, since=day - dt.timedelta(days=30), until=day
+                ),
+            }
+            plans = {label: await explain(store.engine, search_query(s)) for label, s in searches.items()}
+            plans["inbox depths"] = await explain(store.engine, inbox_depth_query())
+            # A document's page: its deliveries and its timeline (the queries StatusStore runs).
+            bus_id = (await search_documents(store.engine, DocumentSearch(code=seeded.code))).hits[0].bus_id
+            plans["timeline"] = await explain(
+                store.engine,
+                select(events).where(events.c.bus_id == bus_id).order_by(events.c.at, events.c.id),
+            )
+            plans["deliveries"] = await explain(
+                store.engine, select(deliveries).where(deliveries.c.bus_id == bus_id)
+            )
+        finally:
+            await store.close()
+    for label, plan in plans.items():
+        assert not re.search(r"Seq Scan on (documents|deliveries|events|inbox)\b", plan), f"{label}:\n{plan}"
+    assert "ix_inbox_pending" in plans["inbox depths"]
+    assert "ix_documents_code" in plans["code and notation"]
+    assert time.monotonic() - started < 20
+
+
+async def test_a_database_made_before_the_dashboard_gets_its_indexes(tmp_path: Path) -> None:
+    store = StatusStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    try:
+        await store.create_schema()
+        async with store.engine.begin() as conn:
+            for name in DASHBOARD_INDEXES:
+                await conn.exec_driver_sql(f"DROP INDEX {name}")
+        for _ in range(2):  # idempotent
+            await create_dashboard_indexes(store.engine)
+        async with store.engine.connect() as conn:
+            rows = await conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")
+            assert set(DASHBOARD_INDEXES) <= {name for (name,) in rows}
+    finally:
+        await store.close()

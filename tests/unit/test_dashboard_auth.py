@@ -1,0 +1,139 @@
+"""Operators of the dashboard: password hashes, the settings that carry them, the command that makes
+them, and the signed session cookie."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+import pytest
+
+from adapters.dashboard.sessions import Operators, SessionCodec, SessionState
+from bus.cli import main
+from bus.errors import ConfigError
+from bus.passwords import hash_password, parse_password_hash, verify_password
+from bus.settings import DashboardSettings, Operator, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "example-province.toml"
+PASSWORD = "Mật khẩu của cán bộ trực"  # noqa: S105 - made up for the tests
+SECRET = "test-only-session-secret-0123456789"  # noqa: S105
+T0 = dt.datetime(2026, 11, 20, 8, 0, tzinfo=dt.UTC)
+
+
+def test_a_hash_checks_its_password_and_only_it() -> None:
+    first, second = hash_password(PASSWORD, n=2**10), hash_password(PASSWORD, n=2**10)
+    assert first != second  # a salt of its own
+    assert first.startswith("scrypt$1024$8$1$")
+    assert verify_password(PASSWORD, parse_password_hash(first))
+    assert not verify_password(PASSWORD.upper(), parse_password_hash(first))
+    assert not verify_password("", parse_password_hash(second))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("pbkdf2$1$2$3$c2FsdA==$aGFzaA==", "not a password hash"),
+        ("scrypt$1000$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==", "power of two"),
+        (f"scrypt${2**24}$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==", "power of two"),  # gigabytes a login
+        ("scrypt$1024$8$1$!!$aGFzaA==", "malformed"),
+        ("scrypt$1024$8$1$c2FsdA==$aGFzaA==", "too short"),
+    ],
+)
+def test_a_bad_hash_is_refused_with_its_reason(value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_password_hash(value)
+
+
+def _config(tmp_path: Path, dashboard: str) -> Path:
+    path = tmp_path / "province.toml"
+    path.write_text(EXAMPLE.read_text(encoding="utf-8") + dashboard, encoding="utf-8")
+    return path
+
+
+def test_operators_come_from_the_file_and_the_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed = hash_password(PASSWORD, n=2**10)
+    path = _config(
+        tmp_path,
+        f'\n[dashboard]\nsession_ttl_s = 600\n[[dashboard.operators]]\nusername = "tran.thi.binh"\n'
+        f'password_hash = "{hashed}"\n',
+    )
+    with pytest.raises(ConfigError, match=r"dashboard.session_secret must have at least 32 bytes"):
+        load_settings(path)
+    monkeypatch.setenv("BUS_DASHBOARD__SESSION_SECRET", SECRET)
+    settings = load_settings(path)
+    assert settings.dashboard.enabled
+    assert [o.username for o in settings.dashboard.operators] == ["tran.thi.binh"]
+    assert settings.dashboard.session_ttl_s == 600
+    assert not load_settings(EXAMPLE).dashboard.enabled  # no operators: no dashboard
+
+
+def test_a_mistyped_hash_or_a_repeated_operator_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUS_DASHBOARD__SESSION_SECRET", SECRET)
+    bad = _config(tmp_path, '\n[[dashboard.operators]]\nusername = "an"\npassword_hash = "matkhau123"\n')
+    with pytest.raises(ConfigError, match=r"dashboard.operators.0.password_hash: .*scrypt\$n\$r\$p"):
+        load_settings(bad)
+    hashed = hash_password(PASSWORD, n=2**10)
+    twice = f'\n[[dashboard.operators]]\nusername = "an"\npassword_hash = "{hashed}"\n' * 2
+    with pytest.raises(ConfigError, match="more than once"):
+        load_settings(_config(tmp_path, twice))
+
+
+def test_operator_password_prints_a_hash_of_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert main(["operator-password", "--username", "tran.thi.binh"]) == 0
+    out, err = capsys.readouterr()
+    assert verify_password(PASSWORD, parse_password_hash(out.strip()))
+    assert 'username = "tran.thi.binh"' in err
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["operator-password"]) == 2
+    assert "the password is empty" in capsys.readouterr().err
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def _codec(password_hash: str, clock: Clock, username: str = "an") -> SessionCodec:
+    settings = DashboardSettings(
+        operators=(Operator(username=username, password_hash=password_hash),),
+        session_secret=SECRET,  # type: ignore[arg-type]  # pydantic makes the SecretStr
+        session_ttl_s=60,
+    )
+    return SessionCodec(settings, Operators(settings), clock)
+
+
+def test_a_session_cookie_is_signed_expires_and_dies_with_the_password() -> None:
+    clock, hashed = Clock(), hash_password(PASSWORD, n=2**10)
+    codec = _codec(hashed, clock)
+    session = codec.new("an")
+    cookie = codec.encode(session)
+    assert codec.decode(cookie) == (SessionState.VALID, session)
+    body, signature = cookie.split(".")
+    other = _codec(hashed, clock, username="binh").encode(codec.new(None))
+    for forged in (
+        f"{body}x.{signature}",
+        f"{body}.{signature[::-1]}",
+        other.split(".")[0] + "." + signature,
+    ):
+        assert codec.decode(forged) == (SessionState.ABSENT, None)
+    assert codec.decode("kh\u00f4ng-ph\u1ea3i-cookie") == (SessionState.ABSENT, None)
+    clock.now = T0 + dt.timedelta(seconds=60)
+    assert codec.decode(cookie) == (SessionState.EXPIRED, None)
+    clock.now = T0
+    changed = _codec(hash_password("mật khẩu mới", n=2**10), clock)
+    assert changed.decode(cookie) == (SessionState.ABSENT, None)  # a new password ends old sessions
+    assert not codec.csrf_ok(session, None)
+    assert not codec.csrf_ok(session, session.csrf[:-1])
+    assert codec.csrf_ok(session, session.csrf)
