@@ -37,12 +37,24 @@ _SECRET_WORDS = frozenset(
         "secret",
         "signature",
         "token",
+        # plurals and short forms (secrets, agency_secrets, tokens, pwd, apikey, privatekey, auth)
+        "secrets",
+        "passwords",
+        "tokens",
+        "cookies",
+        "keys",
+        "signatures",
+        "pwd",
+        "auth",
+        "apikey",
+        "privatekey",
     }
 )
 # Identifiers that end in "key" but are no key material: idempotency and routing keys name messages.
 _NOT_SECRET = frozenset({"dead_key", "event_key", "routing_key", "dedupe_key"})
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+# user:password@ up to the last "@" before the host (a password may hold "/" or "@").
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)\S+@(?=[^@\s]*$|[^@\s/]+[/:\s])")
 _MAX_DEPTH = 4
 
 
@@ -57,6 +69,8 @@ def _clean(value: Any, depth: int) -> Any:
         return f"[{len(value)} bytes dropped]"
     if isinstance(value, str):
         return _URL_PASSWORD.sub(r"\g<head>***@", value) if "://" in value else value
+    if type(value).__name__ == "URL":  # yarl / httpx / starlette URLs render with their password
+        return _clean(str(value), depth)
     if depth >= _MAX_DEPTH:
         return value if isinstance(value, int | float | bool | None) else REDACTED
     if isinstance(value, Mapping):

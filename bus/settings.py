@@ -183,6 +183,22 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
     @model_validator(mode="after")
+    def _no_demo_secrets_in_the_open(self) -> Settings:
+        """The example files' secrets are public: a node listening beyond this machine refuses them."""
+        if self.http.host in ("127.0.0.1", "::1", "localhost"):
+            return self
+        values = [self.secret_of(a) or b"" for a in self.agencies]
+        for secret in (self.dashboard.session_secret, self.national_axis.secret):
+            values.append(b"" if secret is None else secret.get_secret_value().encode())
+        if any(v.startswith(b"demo-only") for v in values):
+            raise ValueError(
+                f"http.host is {self.http.host}, and a secret is still a published demo value "
+                "(demo-only-…): set real secrets (BUS_AGENCY_SECRETS, BUS_DASHBOARD__SESSION_SECRET, "
+                "BUS_NATIONAL_AXIS__SECRET) before listening beyond this machine"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _strong_secrets(self) -> Settings:
         for agency in self.agencies:
             secret = self.secret_of(agency)

@@ -47,8 +47,11 @@ def test_a_bad_hash_is_refused_with_its_reason(value: str, reason: str) -> None:
 
 
 def _config(tmp_path: Path, dashboard: str) -> Path:
+    """The example province without its own [dashboard] and [national_axis] sections (the last two in
+    the file), plus *dashboard*."""
     path = tmp_path / "province.toml"
-    path.write_text(EXAMPLE.read_text(encoding="utf-8") + dashboard, encoding="utf-8")
+    base = EXAMPLE.read_text(encoding="utf-8").split("\n[dashboard]\n", 1)[0]
+    path.write_text(base + dashboard, encoding="utf-8")
     return path
 
 
@@ -68,7 +71,7 @@ def test_operators_come_from_the_file_and_the_secret_from_the_environment(
     assert settings.dashboard.enabled
     assert [o.username for o in settings.dashboard.operators] == ["tran.thi.binh"]
     assert settings.dashboard.session_ttl_s == 600
-    assert not load_settings(EXAMPLE).dashboard.enabled  # no operators: no dashboard
+    assert not load_settings(_config(tmp_path, "")).dashboard.enabled  # no operators: no dashboard
 
 
 def test_a_mistyped_hash_or_a_repeated_operator_stops_start_up(

@@ -88,3 +88,10 @@ def test_an_empty_or_short_secret_stops_start_up(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BUS_AGENCY_SECRETS", f'{{"000.00.01.H99": "{secret}"}}')
     with pytest.raises(ConfigError, match=r"000\.00\.01\.H99 has \d+ bytes"):
         load_settings(EXAMPLE)
+
+
+def test_demo_secrets_are_refused_when_listening_beyond_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(EXAMPLE).http.host == "127.0.0.1"  # the demo: fine on loopback
+    monkeypatch.setenv("BUS_HTTP__HOST", "0.0.0.0")  # noqa: S104 - the case under test
+    with pytest.raises(ConfigError, match="published demo value"):
+        load_settings(EXAMPLE)
