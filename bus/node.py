@@ -226,6 +226,10 @@ class Node:
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         log.info("node.stopping")
         self.api.readiness.stopping = True  # /readyz answers 503: the load balancer drains this node
+        if server is not None and waiter in done and self.settings.http.drain_s > 0:
+            # Keep answering while the load balancer notices the 503 and stops sending here.
+            log.info("http.draining", seconds=self.settings.http.drain_s)
+            await asyncio.sleep(self.settings.http.drain_s)
         if self.axis is not None:
             await self.axis.stop()
             self.axis = None

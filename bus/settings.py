@@ -67,6 +67,9 @@ class HttpSettings(_Section):
     max_body_bytes: int = 64 * 1024 * 1024
     # A signed request older or newer than this is refused; a replay inside it is refused too.
     clock_skew_s: int = 300
+    # On SIGTERM /readyz answers 503 at once, and the API keeps serving this long before it stops, so
+    # that a load balancer checking readiness moves traffic away first. Set it to its check interval.
+    drain_s: float = 5.0
 
 
 class NationalAxisSettings(_Section):

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 ./scripts/services.sh >/dev/null
 export PATH="$PWD/.venv/bin:$PATH"
+export BUS_HTTP__DRAIN_S=0   # no load balancer in front of the demo: stop at once
 out=demo-out
 config=config/example-province.toml
 config2=config/example-province-2.toml

@@ -103,6 +103,7 @@ def write_config(
     text = text.replace("../demo-out/pki/", f"{pki}/")
     text = text.replace('prefix = "bus"', f'prefix = "{prefix}"')
     text = text.replace('url = "sqlite+aiosqlite:///demo-out/bus.db"', f'url = "{database_url}"')
+    text = text.replace("port = 8080", "port = 8080\ndrain_s = 0")  # no load balancer in front
     path.write_text(text + extra, encoding="utf-8")
     return path
 

@@ -132,6 +132,7 @@ def _province_config(
     text = text.replace("sqlite+aiosqlite:///demo-out/bus.db", database_url)
     text = text.replace("sqlite+aiosqlite:///demo-out/bus-h98.db", database_url)
     text = text.replace("port = 8080", f"port = {port}").replace("port = 8081", f"port = {port}")
+    text = text.replace(f"port = {port}", f"port = {port}\ndrain_s = 0")
     text += (
         "\n[national_axis]\n"
         f'endpoint = "http://127.0.0.1:{axis_port}"\n'
