@@ -49,6 +49,10 @@ def parse_search(params: QueryParams) -> tuple[DocumentSearch, dict[str, str], l
     Days are Vietnamese days: "from 20/11" starts at 00:00 in Hanoi, "to 21/11" takes all of the 21st."""
     values = {name: params.get(name, "").strip() for name in _FIELDS}
     errors: list[str] = []
+    for name, value in values.items():
+        if "\x00" in value:  # PostgreSQL refuses NUL in text: never send it one
+            errors.append("Ô tìm kiếm chứa ký tự không hợp lệ (NUL).")
+            values[name] = value.replace("\x00", "")
     agency = None
     if values["agency"]:
         try:
@@ -60,10 +64,12 @@ def parse_search(params: QueryParams) -> tuple[DocumentSearch, dict[str, str], l
         if values[name]:
             try:
                 day = _day(values[name])
-            except ValueError:
+                bound = _start_of(day if name == "from" else day + dt.timedelta(days=1))
+                bound.astimezone(dt.UTC)  # the store compares in UTC: 01/01/0001 in Hanoi is year 0
+            except (ValueError, OverflowError):
                 errors.append(f"Ngày «{values[name]}» không đúng (dd/mm/yyyy).")
                 continue
-            bounds[name] = _start_of(day if name == "from" else day + dt.timedelta(days=1))
+            bounds[name] = bound
     state = None
     if values["state"]:
         try:
@@ -109,7 +115,9 @@ async def documents_page(dash: Dashboard, request: Request, session: Session, fo
 
 async def document_page(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
     bus_id = request.path_params["bus_id"]
-    detail = await document_detail(dash.store.engine, bus_id)
+    # A bus id is short and has no NUL (which PostgreSQL refuses in text): anything else is not found.
+    ok = len(bus_id) <= 64 and "\x00" not in bus_id
+    detail = await document_detail(dash.store.engine, bus_id) if ok else None
     if detail is None:
         return dash.render(
             request,
@@ -117,7 +125,7 @@ async def document_page(dash: Dashboard, request: Request, session: Session, for
             session,
             status=404,
             title="Không tìm thấy văn bản",
-            message=f"Trục không có văn bản nào mang mã {bus_id}.",
+            message=f"Trục không có văn bản nào mang mã {bus_id[:64].replace(chr(0), '')}.",
         )
     timeline = await dash.store.timeline(bus_id)
     return dash.render(request, "document.html", session, doc=detail, timeline=timeline)

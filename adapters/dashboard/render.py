@@ -9,6 +9,7 @@ no script runs on these pages, not even an injected one.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -37,6 +38,15 @@ _KINDS = {"document": "Văn bản", "status": "Gói tin trạng thái"}
 _ROUTES = {"local": "Trong tỉnh", "outbound": "Qua trục quốc gia"}
 # States an operator should look at: shown in a warning colour.
 _BAD_STATES = {DeliveryState.FAIL, DeliveryState.FAILED, DeliveryState.DEAD_LETTERED, DeliveryState.RETRYING}
+
+
+# What the bus gives a document (a UUID): only such a value is put in a link. A dead letter's x-bus-id is
+# whatever a broker header held ("/", "?" or "#" in it would break the link, or the whole page).
+_BUS_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def looks_like_bus_id(value: object) -> bool:
+    return isinstance(value, str) and _BUS_ID.fullmatch(value) is not None
 
 
 def local_time(value: dt.datetime | None) -> str:
@@ -115,6 +125,7 @@ def make_environment() -> Environment:
         kind=lambda v: _KINDS.get(v, v),
         route=lambda v: _ROUTES.get(v, v),
     )
+    env.tests["bus_id"] = looks_like_bus_id
     env.globals["states"] = [(s.value, s.label) for s in DeliveryState]
     return env
 

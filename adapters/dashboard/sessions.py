@@ -153,6 +153,17 @@ class SessionCodec:
             return SessionState.EXPIRED, None
         return SessionState.VALID, Session(username, csrf, expires)
 
+    def seal(self, session: Session, purpose: str, text: str) -> str:
+        """A signature of *text* for this session only (its CSRF token is in it): what a page hands
+        to the next one (the confirmed dead letters, a replay's outcome) comes back unchanged."""
+        message = f"{purpose}\x00{session.csrf}\x00{text}".encode()
+        return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
+
+    def seal_ok(self, session: Session, purpose: str, text: str, submitted: str) -> bool:
+        return hmac.compare_digest(
+            self.seal(session, purpose, text).encode("ascii"), submitted.encode("utf-8", "replace")
+        )
+
     def csrf_ok(self, session: Session | None, submitted: str | None) -> bool:
         """The token of a submitted form against the session's (constant-time)."""
         if session is None or not submitted:

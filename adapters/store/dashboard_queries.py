@@ -81,8 +81,12 @@ class Cursor:
         """:class:`ValueError` for anything :meth:`encode` did not make."""
         at, sep, bus_id = value.rpartition("|")
         moment = dt.datetime.fromisoformat(at) if sep else None
-        if moment is None or moment.tzinfo is None or not bus_id or len(bus_id) > 36:
+        if moment is None or moment.tzinfo is None or not bus_id or len(bus_id) > 36 or "\x00" in bus_id:
             raise ValueError(f"not a page cursor: {value[:80]!r}")
+        try:
+            moment = moment.astimezone(dt.UTC)  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        except OverflowError as exc:
+            raise ValueError(f"not a page cursor: {value[:80]!r}") from exc
         return cls(moment, bus_id)
 
 

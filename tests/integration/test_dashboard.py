@@ -3,6 +3,7 @@ mounts it) on a real SQLite store; and its search queries' PostgreSQL plans over
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import re
@@ -30,6 +31,7 @@ from adapters.store.dashboard_queries import (
     search_documents,
     search_query,
 )
+from adapters.store.store import DeadLetter
 from adapters.store.tables import deliveries, events
 from bus.checks import VN_TZ
 from bus.delivery import AcceptedDocument, DeliveryState
@@ -91,9 +93,9 @@ class Env:
         }
 
 
-@pytest_asyncio.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = StatusStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'bus.db'}")
+@contextlib.asynccontextmanager
+async def dashboard_env(url: str) -> AsyncIterator[Env]:
+    store = StatusStore.connect(url)
     await store.create_schema()
     sample = await record_sample(store, NOW)
     settings = dashboard_settings(load_settings(ROOT / "config" / "example-province.toml"), ttl_s=TTL_S)
@@ -109,12 +111,20 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         settings, store, link_status=link_status, replay=replay, clock=lambda: holder[0].clock()
     )
     node = Starlette(routes=[Mount("/dashboard", app=app)])
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=node), base_url="http://bus.test"
-    ) as client:
-        holder.append(Env(client, store, sample, replay))
-        yield holder[0]
-    await store.close()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=node), base_url="http://bus.test"
+        ) as client:
+            holder.append(Env(client, store, sample, replay))
+            yield holder[0]
+    finally:
+        await store.close()
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with dashboard_env(f"sqlite+aiosqlite:///{tmp_path / 'bus.db'}") as made:
+        yield made
 
 
 def csrf_of(page: httpx.Response) -> str:
@@ -336,10 +346,13 @@ async def test_a_dead_letter_is_replayed_after_confirmation(env: Env) -> None:
     assert env.replay.calls == []
     assert "Xác nhận gửi lại 1 thư" in confirm.text
     assert DEAD_REASON in confirm.text
-    done = await env.client.post(
-        "/dashboard/dead-letters/replay", data={"id": str(letter), "csrf_token": csrf_of(confirm)}
-    )
+    posted = await env.client.post("/dashboard/dead-letters/replay", data=confirmation(confirm))
+    assert posted.status_code == 303  # Post/Redirect/Get: a refresh of the outcome sends nothing
+    done = await env.client.get(posted.headers["location"])
     assert done.status_code == 200
+    assert env.replay.calls == [[letter]]
+    again = await env.client.get(posted.headers["location"])
+    assert "Đã gửi lại vào hàng đợi bus.inbox.000.01.21.H99" in again.text
     assert env.replay.calls == [[letter]]
     assert "Đã gửi lại vào hàng đợi bus.inbox.000.01.21.H99" in done.text
     assert DEAD_REASON not in (await env.client.get("/dashboard/dead-letters")).text  # replayed: not listed
@@ -348,6 +361,144 @@ async def test_a_dead_letter_is_replayed_after_confirmation(env: Env) -> None:
     nothing = await env.client.get("/dashboard/dead-letters/replay")
     assert nothing.status_code == 400
     assert "Chưa chọn thư lỗi nào." in nothing.text
+
+
+def confirmation(page: httpx.Response) -> dict[str, list[str]]:
+    """The hidden fields of the confirmation form, as the browser posts them."""
+    fields: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text):
+        fields.setdefault(name, []).append(html.unescape(value))
+    return fields
+
+
+async def another_dead_letter(env: Env, bus_id: str | None, document_id: str = "KHAC-1") -> int:
+    letter = DeadLetter(
+        dead_key=f"dead-{uuid.uuid4()}",
+        message_id=f"{bus_id}|{COMMUNE}",
+        source_queue="bus.inbox.000.01.21.H99",
+        reason="một lý do khác",
+        dead_at=NOW - dt.timedelta(minutes=10),
+        bus_id=bus_id,
+        recipient=COMMUNE,
+        sender="000.00.02.H99",
+        document_id=document_id,
+        kind="document",
+        headers={"x-bus-id": bus_id},
+        body=b"<edXML/>",
+    )
+    assert await env.store.store_dead_letter(letter)
+    return max(item.id for item in await env.store.dead_letters(include_replayed=True))
+
+
+async def test_a_dead_letter_confirmed_twice_is_replayed_once(env: Env) -> None:
+    """A double submit (or a second operator who confirmed the same dead letter): the replay count
+    changed since the confirmation page was shown, so the second POST sends nothing."""
+    await login(env)
+    letter = env.sample.dead_letter_id
+    first_page = await env.client.get("/dashboard/dead-letters/replay", params={"id": str(letter)})
+    second_page = await env.client.get("/dashboard/dead-letters/replay", params={"id": str(letter)})
+    one = await env.client.post("/dashboard/dead-letters/replay", data=confirmation(first_page))
+    two = await env.client.post("/dashboard/dead-letters/replay", data=confirmation(second_page))
+    assert (one.status_code, two.status_code) == (303, 303)
+    assert env.replay.calls == [[letter]]
+    refused = (await env.client.get(two.headers["location"])).text
+    assert f"Thư lỗi số {letter}: Đã được gửi lại (lần 1" in refused
+    assert "replay-results" not in refused
+    # Shown again after the replay, it carries the new count and can be sent once more on purpose.
+    third_page = await env.client.get("/dashboard/dead-letters/replay", params={"id": str(letter)})
+    assert f'value="{letter}:1"' in third_page.text
+    assert (
+        await env.client.post("/dashboard/dead-letters/replay", data=confirmation(third_page))
+    ).status_code == 303
+    assert env.replay.calls == [[letter], [letter]]
+
+
+async def test_only_the_dead_letters_of_the_confirmation_page_are_replayed(env: Env) -> None:
+    await login(env)
+    letter = env.sample.dead_letter_id
+    other = await another_dead_letter(env, str(uuid.uuid4()))
+    page = await env.client.get("/dashboard/dead-letters/replay", params={"id": str(letter)})
+    fields = confirmation(page)
+    # Another id added to the sealed list: the form was changed, nothing is sent.
+    edited = {**fields, "seen": [*fields["seen"], f"{other}:0"]}
+    refused = await env.client.post("/dashboard/dead-letters/replay", data=edited)
+    assert refused.status_code == 400
+    assert "đã bị sửa" in refused.text
+    # The id alone, as the old form posted it: not on the confirmation page.
+    bare = await env.client.post(
+        "/dashboard/dead-letters/replay", data={"id": str(letter), "csrf_token": fields["csrf_token"][0]}
+    )
+    assert bare.status_code == 400
+    # An extra bare id next to a valid form: skipped with a message, the confirmed one goes.
+    mixed = await env.client.post("/dashboard/dead-letters/replay", data={**fields, "id": [str(other)]})
+    assert mixed.status_code == 303
+    assert env.replay.calls == [[letter]]
+    text = (await env.client.get(mixed.headers["location"])).text
+    assert f"Thư lỗi số {other}: Không có trên trang xác nhận" in text
+    # The outcome page is for this session only, and its token cannot be edited.
+    location = mixed.headers["location"]
+    assert (await env.client.get(location.replace("&s=", "&s=x"))).status_code == 404
+    env.clock.now = NOW + dt.timedelta(minutes=11)
+    assert (await env.client.get(location)).status_code == 404  # expired
+
+
+async def test_a_dead_letter_with_an_odd_bus_id_does_not_break_the_list(env: Env) -> None:
+    await login(env)
+    odd = [
+        await another_dead_letter(env, bus_id, f"KHAC-{n}") for n, bus_id in enumerate(("a/b", "c?d", "e#f"))
+    ]
+    listing = await env.client.get("/dashboard/dead-letters")
+    assert listing.status_code == 200
+    assert "KHAC-0" in listing.text
+    assert "/dashboard/documents/a" not in listing.text
+    assert f"/dashboard/documents/{env.sample.dead.bus_id}" in listing.text  # a real one stays a link
+    page = await env.client.get("/dashboard/dead-letters/replay", params={"id": [str(i) for i in odd]})
+    posted = await env.client.post("/dashboard/dead-letters/replay", data=confirmation(page))
+    result = await env.client.get(posted.headers["location"])
+    assert result.status_code == 200
+    assert "KHAC-1" in result.text
+    assert "/dashboard/documents/c" not in result.text
+
+
+BAD_QUERIES: list[tuple[str, dict[str, str]]] = [
+    ("/dashboard/", {"to": "31/12/9999"}),
+    ("/dashboard/", {"to": "9999-12-31"}),
+    ("/dashboard/", {"from": "01/01/0001"}),
+    ("/dashboard/", {"from": "0001-01-01"}),
+    ("/dashboard/", {"to": "99/99/99999999999999999999"}),
+    ("/dashboard/", {"after": "0001-01-01T00:00:00+05:00|x"}),
+    ("/dashboard/", {"after": "9999-12-31T23:00:00-05:00|x"}),
+    ("/dashboard/", {"after": "2026-11-20T00:00:00+00:00|a\x00b"}),
+    ("/dashboard/", {"document_id": "a\x00b"}),
+    ("/dashboard/", {"code": "1\x00/UBND"}),
+    ("/dashboard/dead-letters/replay", {"id": "²"}),
+    ("/dashboard/dead-letters/replay", {"id": "1" * 30}),
+    ("/dashboard/dead-letters/replay", {"id": str(2**63)}),
+    ("/dashboard/dead-letters/replay", {"id": "١٢"}),  # Arabic-Indic digits
+    ("/dashboard/dead-letters", {"before": "²"}),
+    ("/dashboard/dead-letters", {"before": "1" * 30}),
+    ("/dashboard/documents/a%00b", {}),
+]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_bad_input_is_refused_not_a_server_error(kind: str, tmp_path: Path) -> None:
+    async with fresh_database(kind, tmp_path) as url, dashboard_env(url) as made:
+        await login(made)
+        for path, query in BAD_QUERIES:
+            response = await made.client.get(path, params=query)
+            assert response.status_code in (200, 400, 404), (path, query, response.status_code)
+        # What is refused says so; what is ignored (a bad "before") shows the list from its start.
+        assert (await made.client.get("/dashboard/", params={"to": "31/12/9999"})).status_code == 400
+        listing = await made.client.get("/dashboard/dead-letters", params={"before": "²"})
+        assert DEAD_REASON in listing.text
+        page = await made.client.get("/dashboard/dead-letters/replay", params={"id": "1" * 30})
+        assert "không phải số hiệu của thư lỗi" in page.text
+        nul = await made.client.get("/dashboard/", params={"document_id": "a\x00b"})
+        assert "ký tự không hợp lệ" in nul.text
+        forged = {"seen": ["²:0", f"{'9' * 30}:0"], "seal": ["x"], "csrf_token": [csrf_of(page)]}
+        assert (await made.client.post("/dashboard/dead-letters/replay", data=forged)).status_code == 400
+        assert made.replay.calls == []
 
 
 # -- PostgreSQL plans ----------------------------------------------------------------------------------
