@@ -10,6 +10,7 @@ national-axis link (:mod:`adapters.dashboard.pages`), dead letters with replay
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -77,7 +78,21 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
         )
         dash.set_session(request, response, fresh)
         return response
+    wait_s = dash.throttle.wait_s(username, _client(request), time.monotonic())
+    if wait_s > 0:
+        log.warning("dashboard.login_throttled", client=_client(request), wait_s=wait_s)
+        return dash.render(
+            request,
+            "login.html",
+            session,
+            status=429,
+            next=target,
+            notice=None,
+            error=f"Đăng nhập sai quá nhiều lần. Hãy thử lại sau {wait_s} giây.",
+            username=username,
+        )
     if not await dash.operators.check(username, first(form, "password")):
+        dash.throttle.failed(username, _client(request), time.monotonic())
         # The same answer whichever of the two was wrong (Operators.check also takes the same time).
         log.warning("dashboard.login_failed", username=username[:64], client=_client(request))
         return dash.render(
@@ -90,6 +105,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
             error=LOGIN_FAILED,
             username=username,
         )
+    dash.throttle.succeeded(username, _client(request))
     log.info("dashboard.login", operator=username, client=_client(request))
     # A new session and CSRF token at login: a token seen before it is worth nothing after.
     operator = dash.sessions.new(username)
@@ -100,6 +116,8 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
 
 async def logout(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
     log.info("dashboard.logout", operator=session.username)
+    # Server-side, for every process: a copy of the cookie kept elsewhere stops working too.
+    await dash.store.revoke_session(session.csrf, dt.datetime.fromtimestamp(session.expires, dt.UTC))
     response = RedirectResponse(dash.link(request, "login", {"logged_out": "1"}), status_code=303)
     response.delete_cookie(
         COOKIE, path=request.scope.get("root_path") or "/", httponly=True, samesite="strict"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,36 @@ Form = dict[str, list[str]]
 Handler = Callable[["Dashboard", Request, Session, Form], Awaitable[Response]]
 
 
+class LoginThrottle:
+    """Failed logins per username and per client address: from the fourth failure in a row, each
+    further try waits 2, 4, 8 … up to 300 seconds (in this process; scrypt also costs every try)."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def _keys(self, username: str, client: str | None) -> list[str]:
+        return [f"u:{username[:64]}", f"c:{client or '-'}"]
+
+    def wait_s(self, username: str, client: str | None, now: float) -> int:
+        waits = [0.0]
+        for key in self._keys(username, client):
+            count, last = self._failures.get(key, (0, 0.0))
+            if count > 3:
+                waits.append(last + min(2 ** (count - 3), 300) - now)
+        return max(0, math.ceil(max(waits)))
+
+    def failed(self, username: str, client: str | None, now: float) -> None:
+        if len(self._failures) > 10_000:
+            self._failures.clear()
+        for key in self._keys(username, client):
+            count, _ = self._failures.get(key, (0, 0.0))
+            self._failures[key] = (count + 1, now)
+
+    def succeeded(self, username: str, client: str | None) -> None:
+        for key in self._keys(username, client):
+            self._failures.pop(key, None)
+
+
 @dataclass
 class Dashboard:
     """What every page handler gets: the settings, the store and the node's callables."""
@@ -45,6 +76,7 @@ class Dashboard:
     env: Environment
     router: Router = field(default_factory=Router)
     css: bytes = b""
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     @cached_property
     def agency_names(self) -> dict[str, str]:
@@ -120,6 +152,8 @@ def guarded(
 
     async def endpoint(request: Request) -> Response:
         state, session = dash.sessions.decode(request.cookies.get(COOKIE))
+        if session is not None and session.logged_in and await dash.store.session_revoked(session.csrf):
+            state, session = SessionState.ABSENT, None  # logged out: the cookie is worth nothing now
         if session is None or not session.logged_in:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             query = {"next": target if request.method == "GET" else None}

@@ -817,6 +817,19 @@ class StatusStore:
 
     # -- request nonces ------------------------------------------------------------------------------
 
+    async def revoke_session(self, token: str, until: dt.datetime) -> None:
+        """An operator logged out: the dashboard session *token* is refused by every process until
+        *until* (its expiry), after which the row is cleaned up with the old request nonces."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                self._ins_nonces, {"agency": "dashboard-logout", "nonce": token, "seen_at": until}
+            )
+
+    async def session_revoked(self, token: str) -> bool:
+        query = select(nonces.c.nonce).where(nonces.c.agency == "dashboard-logout", nonces.c.nonce == token)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def remember_nonce(self, agency: str, nonce: str, at: dt.datetime, *, keep: dt.timedelta) -> bool:
         """True the first time *agency* uses *nonce*; False for a replay. Forgets nonces older than
         *keep* (their timestamps are outside the window, so the signature check refuses them anyway)."""

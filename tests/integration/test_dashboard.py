@@ -218,10 +218,22 @@ async def test_a_post_without_the_csrf_token_is_refused(env: Env) -> None:
 async def test_logout_ends_the_session(env: Env) -> None:
     await login(env)
     page = await env.client.get("/dashboard/")
+    copied = dict(env.client.cookies)  # a copy of the cookie kept somewhere else
     out = await env.client.post("/dashboard/logout", data={"csrf_token": csrf_of(page)})
     assert out.status_code == 303
     assert "logged_out=1" in out.headers["location"]
     assert (await env.client.get("/dashboard/")).status_code == 303
+    env.client.cookies.clear()
+    env.client.cookies.update(copied)
+    assert (await env.client.get("/dashboard/")).status_code == 303  # revoked on the server, not just here
+
+
+async def test_repeated_failed_logins_are_slowed_down(env: Env) -> None:
+    for _ in range(4):
+        assert (await login(env, password="sai")).status_code == 401  # noqa: S106 - wrong on purpose
+    throttled = await login(env)  # even the right password waits now
+    assert throttled.status_code == 429
+    assert "Đăng nhập sai quá nhiều lần" in throttled.text
 
 
 async def found(env: Env, **query: str) -> list[str]:
