@@ -325,6 +325,8 @@ async def _dashboard(
                 circuit=axis.breaker.state.value,
                 failures=axis.breaker.failures,
                 open_since=axis.breaker.open_since(dt.datetime.now(dt.UTC)),
+                last_error=axis.breaker.last_error,
+                last_success_at=axis.breaker.last_success_at,
             )
         return status
 

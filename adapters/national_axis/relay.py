@@ -77,19 +77,26 @@ class CircuitBreaker:
         self._failures = 0
         self.state = CircuitState.CLOSED
         self.opened_at: float | None = None
+        # For operators (the dashboard's axis page): the last answer and the last failure.
+        self.last_success_at: dt.datetime | None = None
+        self.last_failure_at: dt.datetime | None = None
+        self.last_error: str | None = None
         self.openings = 0  # times the circuit opened (metrics)
         self.changed = asyncio.Event()
 
     def success(self) -> None:
         self._failures = 0
+        self.last_success_at = dt.datetime.now(dt.UTC)
         if self.state is CircuitState.OPEN:
             self.state = CircuitState.CLOSED
             self.opened_at = None
             log.info("axis.circuit_closed")
             self.changed.set()
 
-    def failure(self) -> None:
+    def failure(self, error: str | None = None) -> None:
         self._failures += 1
+        self.last_error = error or self.last_error
+        self.last_failure_at = dt.datetime.now(dt.UTC)
         if self.state is CircuitState.CLOSED and self._failures >= self.threshold:
             self.state = CircuitState.OPEN
             self.opened_at = self._clock()
@@ -280,7 +287,7 @@ class RelayOut:
                 message_type="status" if headers["x-bus-kind"] == "status" else "edoc",
             )
         except AxisUnavailableError as exc:
-            self._breaker.failure()
+            self._breaker.failure(str(exc))
             await self._temporary(message, headers, attempt, str(exc))
             return
         except AxisRejectedError as exc:
@@ -465,7 +472,7 @@ class RelayIn:
                 try:
                     await self.poll_once()
                 except AxisUnavailableError as exc:
-                    self._breaker.failure()
+                    self._breaker.failure(str(exc))
                     log.warning("relay_in.poll_failed", error=str(exc))
                 except Exception as exc:  # the store or the broker: try again next round
                     log.error("relay_in.poll_error", error=repr(exc))
@@ -634,7 +641,7 @@ class Reconciler:
             try:
                 await self.check_once()
             except AxisUnavailableError as exc:
-                self._breaker.failure()
+                self._breaker.failure(str(exc))
                 log.warning("reconcile.failed", error=str(exc))
             except Exception as exc:  # the store or the broker: next round
                 log.error("reconcile.error", error=repr(exc))

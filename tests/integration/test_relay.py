@@ -244,6 +244,7 @@ async def test_circuit_breaker_stops_hammering_and_drains_after(
 
                 await _eventually(opened, within_s=10, what="the circuit to open")
                 attempts = node.axis.out.attempts
+                assert "503" in (node.axis.breaker.last_error or "")  # what the axis page shows
                 await asyncio.sleep(2.5)  # probes go on; sends do not
                 assert node.axis.out.attempts == attempts
                 assert attempts < len(bus_ids)
