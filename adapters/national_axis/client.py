@@ -28,7 +28,7 @@ from adapters.national_axis.protocol import (
 )
 from bus.errors import AxisRejectedError, AxisUnavailableError
 
-__all__ = ["NationalAxisClient", "ReceivedItem"]
+__all__ = ["NationalAxisClient", "ReceivedItem", "text_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,8 @@ class ReceivedItem:
 _NOT_ABOUT_THE_MESSAGE = frozenset({"401", "408", "429", "500", "502", "503", "504"})
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A JSON field as the SDK reads it: absent or null is empty, a number is its text."""
     return "" if value is None else str(value)
 
 
@@ -118,15 +119,15 @@ class NationalAxisClient:
             raise AxisUnavailableError(f"{operation}: the answer is not JSON: {exc}") from exc
         if not isinstance(answer, dict) or not all(k in answer for k in ("status", "ErrorCode", "ErrorDesc")):
             raise AxisUnavailableError(f"{operation}: the answer lacks status, ErrorCode or ErrorDesc")
-        code = _text(answer["ErrorCode"])
-        failed = _text(answer["status"]).upper() == "FAIL" or code != "0"
+        code = text_of(answer["ErrorCode"])
+        failed = text_of(answer["status"]).upper() == "FAIL" or code != "0"
         if failed or response.status_code >= 400:
             code = code if code != "0" else str(response.status_code)
             if code in _NOT_ABOUT_THE_MESSAGE or response.status_code in (401, 408, 429):
                 # Our credentials, the axis's load or its own trouble: nothing wrong with the envelope,
                 # so it must wait (and the circuit breaker hear of it), not be dead-lettered.
                 raise AxisUnavailableError(f"{operation}: the axis answered {code}: {answer['ErrorDesc']}")
-            raise AxisRejectedError(code, _text(answer["ErrorDesc"]))
+            raise AxisRejectedError(code, text_of(answer["ErrorDesc"]))
         return answer
 
     async def send_edoc(
@@ -150,7 +151,7 @@ class NationalAxisClient:
             content_type=CONTENT_TYPE_FILE,
             file_hash=hash_file(body),
         )
-        doc_id = _text(answer.get("DocId"))
+        doc_id = text_of(answer.get("DocId"))
         if not doc_id:
             raise AxisUnavailableError("sendEdoc: the axis answered OK without a DocId")
         return doc_id
@@ -165,14 +166,14 @@ class NationalAxisClient:
             raise AxisUnavailableError("getReceivedEdocList: data is not a list")
         return [
             ReceivedItem(
-                doc_id=_text(item.get("docId")),
-                message_type=_text(item.get("messageType")) or message_type,
-                service_type=_text(item.get("serviceType")),
-                sender=_text(item.get("from")),
-                recipient=_text(item.get("to")),
-                status=_text(item.get("status")),
-                status_desc=_text(item.get("status_desc")),
-                created_time=_text(item.get("created_time")),
+                doc_id=text_of(item.get("docId")),
+                message_type=text_of(item.get("messageType")) or message_type,
+                service_type=text_of(item.get("serviceType")),
+                sender=text_of(item.get("from")),
+                recipient=text_of(item.get("to")),
+                status=text_of(item.get("status")),
+                status_desc=text_of(item.get("status_desc")),
+                created_time=text_of(item.get("created_time")),
             )
             for item in items
             if isinstance(item, dict) and item.get("docId")
@@ -182,7 +183,7 @@ class NationalAxisClient:
         """``getEdoc``: one envelope, base64 in ``data``."""
         answer = await self._call("getEdoc", {"docId": doc_id, "filePath": "edoc"}, body=b"{}")
         try:
-            return base64.b64decode(_text(answer.get("data")), validate=True)
+            return base64.b64decode(text_of(answer.get("data")), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise AxisUnavailableError(f"getEdoc {doc_id}: data is not base64") from exc
 

@@ -20,7 +20,8 @@ Error codes (``ErrorCode``; the real axis's codes are unknown, these only need t
     503  injected outage (down)
 
 ``sendEdoc`` always answers HTTP 200 (the SDK reads no other body) in US-ASCII JSON (non-ASCII as
-``\\uXXXX``; the SDK decodes that reply as US-ASCII), with ``DocId`` even on failure.
+JSON escapes such as ``\\u1ea1`` for "ạ"; the SDK decodes that reply as US-ASCII), with ``DocId``
+even on failure.
 
 **Fault injection** (:class:`MockFaults`) is switched in-process through ``running.faults`` or over
 HTTP with ``POST /_mock/faults`` (JSON object of fields to set), ``GET /_mock/faults`` and

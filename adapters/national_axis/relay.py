@@ -27,14 +27,15 @@ import datetime as dt
 import enum
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from adapters.national_axis.client import NationalAxisClient
+from adapters.national_axis.client import NationalAxisClient, text_of
 from adapters.rabbitmq.deadletters import REPLAY_HEADER
+from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import ATTEMPT_HEADER, Publisher
 from adapters.store.store import AxisSend
@@ -192,11 +193,8 @@ class RelayOut:
         self._probe = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        await _cancel(self._probe)
+        self._probe = None
         await self._pause()
 
     async def _resume(self) -> None:
@@ -246,18 +244,15 @@ class RelayOut:
         await self._resume()
 
     async def _record(self, event: TimelineEvent, key: str, send: AxisSend | None = None) -> None:
-        delay = self._store_retry_s
-        while True:
-            try:
-                if send is None:
-                    await self._store.record(event, key=key)
-                else:
-                    await self._store.record_axis_send(send, event, key=key)
-                return
-            except Exception as exc:
-                log.error("relay_out.store_failed", bus_id=event.bus_id, error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        async def write() -> None:
+            if send is None:
+                await self._store.record(event, key=key)
+            else:
+                await self._store.record_axis_send(send, event, key=key)
+
+        await until_written(
+            write, first_delay_s=self._store_retry_s, event="relay_out.store_failed", bus_id=event.bus_id
+        )
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         headers = _text_headers(message)
@@ -460,24 +455,11 @@ class RelayIn:
             self._replays = None
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
-        while True:
-            if not self._breaker.is_open:
-                try:
-                    await self.poll_once()
-                except AxisUnavailableError as exc:
-                    self._breaker.failure(str(exc))
-                    log.warning("relay_in.poll_failed", error=str(exc))
-                except Exception as exc:  # the store or the broker: try again next round
-                    log.error("relay_in.poll_error", error=repr(exc))
-            # Jitter keeps several processes from polling in step.
-            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
+        await _every(self._interval_s, self._breaker, self.poll_once, "relay_in.poll", at_once=True)
 
     async def poll_once(self) -> int:
         """Take in what the axis holds now; returns how many envelopes were settled with the axis.
@@ -627,24 +609,11 @@ class Reconciler:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
-            if self._breaker.is_open:
-                continue
-            try:
-                await self.check_once()
-            except AxisUnavailableError as exc:
-                self._breaker.failure(str(exc))
-                log.warning("reconcile.failed", error=str(exc))
-            except Exception as exc:  # the store or the broker: next round
-                log.error("reconcile.error", error=repr(exc))
+        await _every(self._interval_s, self._breaker, self.check_once, "reconcile.check", at_once=False)
 
     async def check_once(self) -> int:
         """Check the sends older than ``after_s``; returns how many were sent again."""
@@ -657,7 +626,7 @@ class Reconciler:
                 )
             except AxisRejectedError:
                 listed = []  # "no such DocId": the axis does not have it
-            codes = {_text(item.get("toCode")) for item in listed}
+            codes = {text_of(item.get("toCode")) for item in listed}
             if listed and (send.recipient in codes or codes == {""}):  # an axis without toCode: trust it
                 await self._store.settle_axis_send(send.id, "confirmed", now)
                 self.confirmed += 1
@@ -683,8 +652,36 @@ class Reconciler:
         return resent
 
 
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
+async def _every(
+    interval_s: float,
+    breaker: CircuitBreaker,
+    work: Callable[[], Awaitable[object]],
+    name: str,
+    *,
+    at_once: bool,
+) -> None:
+    """Run *work* every *interval_s* (± 20 %, so that several processes do not act in step) while the
+    circuit is closed. An unreachable axis counts towards the breaker; any other failure (the store,
+    the broker) is logged and the next round tries again: the loop itself never dies."""
+    if not at_once:
+        await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
+    while True:
+        if not breaker.is_open:
+            try:
+                await work()
+            except AxisUnavailableError as exc:
+                breaker.failure(str(exc))
+                log.warning(f"{name}_failed", error=str(exc))
+            except Exception as exc:
+                log.error(f"{name}_error", error=repr(exc))
+        await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))  # noqa: S311 - not security
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _axis_message_id(doc_id: str) -> str:

@@ -31,6 +31,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import (
     ATTEMPT_HEADER,
@@ -236,19 +237,12 @@ class DeadLetterWorker:
 
     async def _write(self, item: DeadLetter) -> bool:
         # Held unacknowledged while the store is down: a nack would put it straight back here.
-        delay = self._store_retry_s
-        while True:
-            try:
-                return await self._store.store_dead_letter(item)
-            except Exception as exc:
-                log.error(
-                    "deadletter.store_failed",
-                    message_id=item.message_id,
-                    error=type(exc).__name__,
-                    retry_in_s=delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        return await until_written(
+            lambda: self._store.store_dead_letter(item),
+            first_delay_s=self._store_retry_s,
+            event="deadletter.store_failed",
+            message_id=item.message_id,
+        )
 
 
 # -- replay -------------------------------------------------------------------------------------------

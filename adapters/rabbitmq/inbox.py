@@ -22,6 +22,7 @@ from typing import Protocol
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import Publisher
 from adapters.store.store import InboxItem
@@ -121,22 +122,13 @@ class InboxWorker:
                     log.info("inbox.queued", **_fields(item), kind=item.kind)
 
     async def _write(self, items: list[InboxItem]) -> list[bool]:
-        # The messages stay unacknowledged (safe in their queues) while the store is down. Requeueing
-        # them instead would count towards the quorum queue's delivery limit and dead-letter good mail.
-        delay = self._store_retry_s
-        while True:
-            try:
-                return await self._store.store_inbox_many(items)
-            except Exception as exc:
-                log.error(
-                    "inbox.store_failed",
-                    messages=len(items),
-                    bus_ids=sorted({i.bus_id for i in items})[:5],
-                    error=type(exc).__name__,
-                    retry_in_s=delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        return await until_written(
+            lambda: self._store.store_inbox_many(items),
+            first_delay_s=self._store_retry_s,
+            event="inbox.store_failed",
+            messages=len(items),
+            bus_ids=sorted({i.bus_id for i in items})[:5],
+        )
 
     def _handler(
         self, agency: Agency, queue_name: str
