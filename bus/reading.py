@@ -8,6 +8,7 @@ call reports all problems at once. The model is built only when no problem was f
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 from lxml import etree
 
@@ -203,21 +204,37 @@ def _read_attachments(
                 encoded_size=len(data.text or ""),
             )
         )
-    listed = {ref.content_id for ref in manifest}
-    present = {att.content_id for att in attachments}
-    for missing in sorted(listed - present):
+    listed = {content_key(ref.content_id): ref.content_id for ref in manifest}
+    present = {content_key(att.content_id): att.content_id for att in attachments}
+    for key in sorted(listed.keys() - present.keys()):
         c.error(
             "attachment-missing",
             "/edXML/AttachmentEncoded",
-            f"the manifest lists {missing!r} but no Attachment carries that ContentId",
+            f"the manifest lists {listed[key]!r} but no Attachment carries that ContentId",
         )
-    for extra in sorted(present - listed):
+    for key in sorted(present.keys() - listed.keys()):
         c.warn(
             "attachment-unlisted",
             "/edXML/AttachmentEncoded",
-            f"Attachment {extra!r} is not listed in edXMLManifest",
+            f"Attachment {present[key]!r} is not listed in edXMLManifest",
         )
     return attachments
+
+
+def content_key(content_id: str) -> str:
+    """What a ContentId names, for matching a manifest ``Reference`` with its ``Attachment``.
+
+    A reference may be a ``cid:`` URL (RFC 2392: the scheme is case-insensitive and the rest is
+    %-encoded) while the attachment carries the bare Content-ID, or the other way round; the national
+    axis SDK writes both spellings. ``cid:1``, ``CID:1`` and ``1`` all name attachment ``1``; angle
+    brackets of a MIME Content-ID header (``<1>``) are not part of it either.
+    """
+    text = content_id.strip()
+    if text[:4].lower() == "cid:":
+        text = urllib.parse.unquote(text[4:])
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text
 
 
 def _read_recipients(c: Collector, message: etree._Element) -> list[Organization]:

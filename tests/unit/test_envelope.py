@@ -185,6 +185,38 @@ def test_manifest_entry_without_attachment_is_a_problem(document_bytes: bytes) -
     assert "cid:ke-hoach-1" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("reference", "attachment"),
+    [
+        ("cid:1", "1"),  # RFC 2392 URL in the manifest, bare Content-ID on the attachment (the SDK)
+        ("1", "cid:1"),  # ... and the other way round
+        ("CID:ke%20hoach", "ke hoach"),  # the scheme is case-insensitive, the rest %-encoded
+        ("cid:1", "<1>"),  # a MIME header's angle brackets are not part of the id
+    ],
+)
+def test_manifest_reference_by_cid_url_names_the_attachment(
+    document_bytes: bytes, reference: str, attachment: str
+) -> None:
+    data = edit(document_bytes, _set("edXMLEnvelope/edXMLBody/edXMLManifest/Reference/ContentId", reference))
+    data = edit(data, _set("AttachmentEncoded/Attachment/ContentId", attachment))
+    parsed = read_envelope(data, today=TODAY)
+    assert parsed.warnings == ()  # neither "missing" nor "unlisted"
+    assert isinstance(parsed.message, DocumentEnvelope)
+    assert parsed.message.attachments[0].content_id == attachment  # kept as written
+
+
+@pytest.mark.parametrize(
+    ("reference", "attachment"), [("cid:1", "2"), ("cid:1", "cid:11"), ("1", "cid:%31x")]
+)
+def test_manifest_reference_by_cid_url_still_refuses_a_real_mismatch(
+    document_bytes: bytes, reference: str, attachment: str
+) -> None:
+    data = edit(document_bytes, _set("edXMLEnvelope/edXMLBody/edXMLManifest/Reference/ContentId", reference))
+    [problem] = _problems(edit(data, _set("AttachmentEncoded/Attachment/ContentId", attachment)))
+    assert problem.code == "attachment-missing"
+    assert repr(reference) in problem.message
+
+
 @pytest.mark.parametrize("value", ["*!*", "abc", "QUJD=", "QU=D", " "])
 def test_corrupt_attachment_base64_is_refused(document_bytes: bytes, value: str) -> None:
     path = "AttachmentEncoded/Attachment/ContentTransferEncoded"
