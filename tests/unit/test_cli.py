@@ -6,6 +6,8 @@ import os
 import stat
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -111,10 +113,31 @@ def test_pki_init_bad_topology_names_the_field(tmp_path: Path, capsys: Capture) 
     assert "agencies.0.organ_id" in err
 
 
-def test_console_script_is_installed() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0
-    assert "validate" in result.stdout
-    assert "pki" in result.stdout
+def test_console_script_is_installed(document_bytes: bytes, tmp_path: Path) -> None:
+    """``bus`` is the entry point pyproject.toml declares, installed beside the interpreter, and it is
+    ``bus.cli:main``: the same usage, exit codes and output (issue 10: ``python -m bus.cli`` proved
+    nothing about ``[project.scripts]``)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project.get("scripts", {}).get("bus") == "bus.cli:main", "pyproject.toml: [project.scripts] bus"
+    installed = [e for e in metadata.entry_points(group="console_scripts") if e.name == "bus"]
+    assert [(e.value, e.dist.name if e.dist else None) for e in installed] == [
+        ("bus.cli:main", project["name"])
+    ], "the installed metadata is stale: run scripts/setup.sh (pip install -e '.[dev]')"
+    script = Path(sys.executable).parent / "bus"
+    assert os.access(script, os.X_OK), f"{script} is missing: run scripts/setup.sh (pip install -e '.[dev]')"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, *args], capture_output=True, text=True, timeout=60, check=False)
+
+    bare = run()
+    assert bare.returncode == 2  # usage error
+    assert bare.stderr.startswith("usage: bus ")
+    assert "the following arguments are required: command" in bare.stderr
+    helped = run("--help")
+    assert helped.returncode == 0
+    assert "validate" in helped.stdout
+    assert "pki" in helped.stdout
+    envelope = tmp_path / "doc.edxml"
+    envelope.write_bytes(document_bytes)
+    validated = run("validate", str(envelope))
+    assert (validated.returncode, validated.stdout) == (0, f"{envelope}: OK (document)\n")
