@@ -207,11 +207,29 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
+def require_rabbitmqctl() -> None:
+    """Fail (never skip: tests/integration/conftest.py) unless ``rabbitmqctl`` can control the local
+    broker, so a machine without it cannot pass the suite with the broker-restart case unrun."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail(
+            "rabbitmqctl is not on PATH, so the broker-restart case cannot restart RabbitMQ: run "
+            "scripts/services.sh (it installs rabbitmq-server) and put rabbitmqctl's directory "
+            "(/usr/sbin on Debian) on PATH"
+        )
+    try:
+        _rabbitmqctl("await_startup")
+    except (OSError, subprocess.SubprocessError) as exc:
+        said = (getattr(exc, "stderr", None) or b"").decode(errors="replace").strip()
+        pytest.fail(
+            f"rabbitmqctl cannot control the local broker ({exc} {said}): run scripts/services.sh, "
+            "as a user allowed to run rabbitmqctl (one who can read its Erlang cookie)"
+        )
+
+
 async def test_broker_restart_mid_stream_loses_nothing(
     province: tuple[Settings, str], tmp_path: Path
 ) -> None:
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not on this machine: the broker cannot be restarted from the test")
+    require_rabbitmqctl()
 
     async def restart_broker(_server: ServeProcess) -> None:
         try:
