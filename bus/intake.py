@@ -1,8 +1,10 @@
 """The intake pipeline: one untrusted envelope in, durable deliveries out, or a clear refusal.
 
-parse → schema and business checks → sender authenticated and equal to ``From`` → the sender's
-signature verified where the agency's policy requires one (and from then on only *what was signed* is
-read) → duplicate check on (sender, DocumentId, business type) → this node's ``TraceHeader`` and
+parse → schema and business checks (no comment or processing instruction anywhere: signatures do not
+cover them) → sender authenticated and equal to ``From`` → every signature verified whenever there is
+one, and required where the agency's policy says so, the first being provably the sender's (and from
+then on only *what was signed* is read) → at most ``max_recipients``, none an unknown code of this
+province → duplicate check on (sender, DocumentId, business type) → this node's ``TraceHeader`` and
 signature → one confirmed publish per recipient → the store records the acceptance.
 
 The bus id is derived from the duplicate key, so a client that retries after a crash between the
@@ -28,9 +30,16 @@ from lxml import etree
 
 from bus.checks import VN_TZ
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
-from bus.dsig import SignatureConfig, SigningKey, TrustStore, sign_tree, verify_tree
+from bus.dsig import SignatureConfig, SigningKey, TrustStore, find_signatures, sign_tree, verify_tree
 from bus.envelope import ParsedEnvelope, check_tree
-from bus.errors import DuplicateEnvelopeError, ForgedSenderError, UnknownDocumentError
+from bus.errors import (
+    DuplicateEnvelopeError,
+    EnvelopeInvalidError,
+    ForgedSenderError,
+    Problem,
+    SignatureError,
+    UnknownDocumentError,
+)
 from bus.model import BussinessDocType, DocumentEnvelope, StatusMessage
 from bus.organ_id import OrganId
 from bus.routing import Destination, DestinationKind, route
@@ -90,6 +99,9 @@ class IntakePolicy:
     # Other provinces' axes (their node OrganIds) whose signature vouches for a sender of their own
     # body: they authenticated the sender before signing. Anyone else must be signed by the sender.
     trusted_axes: frozenset[str] = frozenset()
+    # Recipients (To) one document may name: each is a copy to keep and deliver, so an unbounded list
+    # is an amplification attack (one 213 KB envelope to 2,000 codes made 430 MB of copies).
+    max_recipients: int = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,29 +144,55 @@ class Intake:
                 f"envelope says From/OrganId {claimed}, but the request was authenticated "
                 f"as {sender}: an agency may only send as itself"
             )
-        if str(sender) in self._policy.signed_senders:
-            if self._policy.trust is None:
-                raise ForgedSenderError(f"{sender} must sign, and this node has no trust store configured")
-            verified = verify_tree(tree, self._policy.trust, self._policy.signatures)
-            self._check_signer(verified[0].signer, sender)
-            # From here on, read only what the sender signed (trace headers are not part of it).
-            parsed = check_tree(
-                parse_untrusted(verified[0].signed_xml, self._policy.limits),
-                today=self._clock().astimezone(VN_TZ).date(),
+        required = str(sender) in self._policy.signed_senders
+        if not required and not find_signatures(tree.getroot()):
+            return tree, parsed
+        # A signature is checked whenever there is one: the bus countersigns what it forwards, and
+        # must not vouch for a signature nobody checked (a rogue CA's, say) because the sender was
+        # not obliged to sign.
+        if self._policy.trust is None:
+            raise SignatureError(
+                f"the envelope from {sender} carries a signature and this node trusts no CA to check it "
+                "against (node.trust): send it unsigned, or ask the operator to configure the CA"
+                if not required
+                else f"{sender} must sign, and this node has no trust store configured (node.trust)"
             )
-            if parsed.message.sender.organ_id != sender:
-                raise ForgedSenderError("the signed envelope names another sender")
+        verified = verify_tree(tree, self._policy.trust, self._policy.signatures)
+        self._check_signer(verified[0].signer, sender, required=required)
+        # From here on, read only what the sender signed (trace headers are not part of it).
+        parsed = check_tree(
+            parse_untrusted(verified[0].signed_xml, self._policy.limits),
+            today=self._clock().astimezone(VN_TZ).date(),
+        )
+        if parsed.message.sender.organ_id != sender:
+            raise ForgedSenderError("the signed envelope names another sender")
         return tree, parsed
 
-    def _check_signer(self, signer: x509.Certificate, sender: OrganId) -> None:
+    def _check_signer(self, signer: x509.Certificate, sender: OrganId, *, required: bool) -> None:
+        """The first signature must be the sender's: its pinned certificate, or one whose UID names it
+        (or one of its former codes). A certificate naming nobody proves nothing about who signed, so
+        it cannot meet a "must sign" policy; from an agency that need not sign it is let through."""
         pin = self._policy.pinned.get(str(sender))
-        if pin is not None and signer.fingerprint(hashes.SHA256()) != pin:
-            raise ForgedSenderError(f"the envelope is signed with a certificate that is not {sender}'s")
-        uids = signer.subject.get_attributes_for_oid(NameOID.USER_ID)
-        if uids and str(uids[0].value) != str(sender):
+        if pin is not None:
+            if signer.fingerprint(hashes.SHA256()) != pin:
+                raise ForgedSenderError(f"the envelope is signed with a certificate that is not {sender}'s")
+            return
+        uids = [str(a.value) for a in signer.subject.get_attributes_for_oid(NameOID.USER_ID)]
+        if len(uids) > 1:
             raise ForgedSenderError(
-                f"the envelope is signed by {uids[0].value!s}, not by {sender} that sends it"
+                f"the signing certificate names {len(uids)} UIDs ({', '.join(uids)}): it cannot prove "
+                f"that {sender} signed"
             )
+        if not uids:
+            if required:
+                raise ForgedSenderError(
+                    f"{sender} must sign its envelopes, and the signing certificate names no UID "
+                    f"(OrganId): it does not prove that {sender} signed; sign with the agency's "
+                    "certificate, or pin it (agencies[].certificate)"
+                )
+            return
+        if uids[0] not in self._codes(sender):
+            raise ForgedSenderError(f"the envelope is signed by {uids[0]}, not by {sender} that sends it")
 
     async def _links(
         self, message: DocumentEnvelope | StatusMessage, sender: OrganId, bus_id: str, now: dt.datetime
@@ -222,6 +260,28 @@ class Intake:
             )
         return _Links(first, addressed, links, None)
 
+    def _refuse_unknown_local(
+        self, message: DocumentEnvelope | StatusMessage, routed: Sequence[Destination]
+    ) -> None:
+        """A code of this province that no agency here has (nor had) is a mistake to report, not an
+        address to relay to the national axis, which would only bounce it back."""
+        province = self._node.organ_id.top
+        header = "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader"
+        problems = [
+            Problem(
+                "unknown-recipient",
+                f"{header}/ResponseFor/OrganId"
+                if isinstance(message, StatusMessage)
+                else f"{header}/To[{position}]/OrganId",
+                f"{d.addressed_to} is a code of this province ({province}) but no agency of this axis "
+                "has it, now or formerly: check the code against GET /v1/agencies",
+            )
+            for position, d in enumerate(routed, start=1)
+            if d.kind is DestinationKind.OUTBOUND and d.addressed_to.top == province
+        ]
+        if problems:
+            raise EnvelopeInvalidError(problems)
+
     def _codes(self, organ: OrganId) -> list[str]:
         """An agency's code and its former codes (a delivery may be addressed to either)."""
         agency = self._topology.agency(organ)
@@ -252,11 +312,19 @@ class Intake:
                 f"an envelope from the national axis names {sender}, a unit of this province, as its "
                 "sender: this province's units send through this bus, not through the national axis"
             )
-        if not self._policy.axis_require_signature:
+        required = self._policy.axis_require_signature
+        if not required and not find_signatures(tree.getroot()):
             return tree, parsed
         if self._policy.axis_trust is None:
-            raise ForgedSenderError("envelopes from the national axis must be signed, and no CA is trusted")
+            raise SignatureError(
+                "envelopes from the national axis must be signed, and no CA is trusted (national_axis.trust)"
+                if required
+                else f"the envelope from {sender} carries a signature, and no CA of other provinces "
+                "and ministries is trusted to check it (national_axis.trust)"
+            )
         verified = verify_tree(tree, self._policy.axis_trust, self._policy.signatures)
+        if not required:
+            return tree, check_tree(parse_untrusted(verified[0].signed_xml, self._policy.limits), today=today)
         vouching = next((v for v in verified if self._vouches_for(v.signer, sender)), None)
         if vouching is None:
             signers = ", ".join(_uid(v.signer) or "(no UID)" for v in verified)
@@ -314,8 +382,23 @@ class Intake:
         )
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)
+        if isinstance(message, DocumentEnvelope) and len(message.recipients) > self._policy.max_recipients:
+            raise EnvelopeInvalidError(
+                [
+                    Problem(
+                        "too-many-recipients",
+                        "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To",
+                        f"the envelope names {len(message.recipients)} recipients; this axis accepts at "
+                        f"most {self._policy.max_recipients} per envelope (intake.max_recipients): every "
+                        "recipient is a copy to keep and deliver, so split the list or address a unit",
+                    )
+                ]
+            )
         links = await self._links(message, sender, bus_id, now)
-        destinations = _one_per_agency(route(self._topology, recipient) for recipient in links.recipients)
+        routed = [route(self._topology, recipient) for recipient in links.recipients]
+        if not local_only:
+            self._refuse_unknown_local(message, routed)
+        destinations = _one_per_agency(routed)
         if local_only:
             destinations = tuple(d for d in destinations if d.kind is DestinationKind.LOCAL)
             if not destinations:

@@ -6,7 +6,10 @@ Every structural rule below closes a known attack on XML-DSig:
 * exactly one ``Reference``, with ``URI=""``: no ID-based references, so no ID wrapping;
 * transforms, canonicalisation, digest and signature methods from a short allow-list; the XPath
   filter must be the profile's, with the profile's namespace bindings (:mod:`bus.dsig.profile`);
-* the certificate that checks the value must chain to the trust store and be valid now.
+* the certificate that checks the value must chain to the trust store and be valid now;
+* nothing inside ``ds:Signature`` but the profile's own elements: the signature is left out of what
+  it signs, so a ``ds:Object`` holding a second ``MessageHeader`` would be unsigned content that a
+  recipient's ``//Subject`` finds (issue 10).
 """
 
 from __future__ import annotations
@@ -92,6 +95,64 @@ def find_signatures(root: etree._Element) -> list[etree._Element]:
     return placed
 
 
+_DSIG11_NS = "http://www.w3.org/2009/xmldsig11#"
+# What a ds:Signature may hold. ds:Object, ds:Manifest and SignatureProperties are XML-DSig's places
+# for arbitrary content; the profile signs none of them, and anything else is content nobody signed.
+_SIGNATURE_VOCABULARY = frozenset(
+    {
+        *(
+            f"{{{DSIG_NS}}}{name}"
+            for name in (
+                "Signature",
+                "SignedInfo",
+                "CanonicalizationMethod",
+                "SignatureMethod",
+                "Reference",
+                "Transforms",
+                "Transform",
+                "DigestMethod",
+                "DigestValue",
+                "SignatureValue",
+                "KeyInfo",
+                "KeyName",
+                "X509Data",
+                "X509Certificate",
+                "X509IssuerSerial",
+                "X509IssuerName",
+                "X509SerialNumber",
+                "X509SubjectName",
+                "X509SKI",
+                "KeyValue",
+                "RSAKeyValue",
+                "Modulus",
+                "Exponent",
+            )
+        ),
+        *(f"{{{_DSIG11_NS}}}{name}" for name in ("ECKeyValue", "NamedCurve", "PublicKey")),
+        f"{{{FILTER2_NS}}}XPath",
+        f"{{{EXC_C14N}}}InclusiveNamespaces",
+    }
+)
+
+
+def _only_profile_elements(signature: etree._Element) -> None:
+    for element in signature.iter():
+        if not isinstance(element.tag, str):
+            continue  # comments and PIs: refused for the whole envelope by the business checks
+        if element.tag not in _SIGNATURE_VOCABULARY:
+            name = etree.QName(element)
+            shown = (
+                f"ds:{name.localname}"
+                if name.namespace == DSIG_NS
+                else f"{{{name.namespace}}}{name.localname}"
+            )
+            raise SignatureError(
+                f"{shown} at line {element.sourceline} inside ds:Signature is refused: a signature does "
+                "not cover its own content, so a recipient could read it as part of the envelope "
+                "though nobody signed it (ds:Object, ds:Manifest and foreign elements are not allowed)"
+            )
+
+
 def _transforms(reference: etree._Element) -> tuple[bool, bool]:
     """(subtract, exclusive) for an allowed transform chain, else :class:`SignatureError`."""
     holder = reference.findall(_q("Transforms"))
@@ -172,6 +233,7 @@ def verify_signature(
     now: dt.datetime | None = None,
 ) -> VerifiedSignature:
     """Check one ``ds:Signature`` of *root*; raises a :class:`SignatureError` subclass if it fails."""
+    _only_profile_elements(signature)
     signed_info = _only(signature, "SignedInfo")
     c14n = _only(signed_info, "CanonicalizationMethod").get("Algorithm")
     if c14n not in (EXC_C14N, C14N):

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
+from bus.checks import NS
 from bus.dsig import SignatureConfig, TrustStore, find_signatures, sign_tree, signature_template, verify_tree
 from bus.dsig.profile import DSIG_NS, FILTER2_NS
 from bus.dsig.transform import signed_bytes
@@ -251,8 +252,37 @@ def test_original_hidden_in_signature_and_forgery_in_place_is_detected(
     holder = etree.SubElement(signature, f"{{{DSIG_NS}}}Object")
     holder.append(message)
     header.insert(0, forged)
-    with pytest.raises(SignatureError, match="DigestValue does not match"):
+    with pytest.raises(SignatureError, match=r"ds:Object at line \d+ inside ds:Signature is refused"):
         verify_tree(_reparse(tree), _trust(pki))
+
+
+@pytest.mark.parametrize(
+    ("extra", "subjects"),
+    [
+        (
+            f"<ds:Object xmlns:ds='{DSIG_NS}'><edXML:MessageHeader xmlns:edXML='{NS}'>"
+            "<edXML:Subject>Lệnh chuyển tiền khẩn</edXML:Subject></edXML:MessageHeader></ds:Object>",
+            2,
+        ),
+        (f"<ds:Manifest xmlns:ds='{DSIG_NS}'/>", 1),
+        (f"<edXML:Subject xmlns:edXML='{NS}'>Lệnh chuyển tiền khẩn</edXML:Subject>", 2),
+    ],
+)
+def test_unsigned_content_inside_a_valid_signature_is_refused(
+    document_bytes: bytes, pki: Pki, extra: str, subjects: int
+) -> None:
+    """The signature is subtracted from what it signs: content added inside it keeps the digest valid,
+    and a recipient's //Subject would find it. Only the profile's own elements may stand there."""
+    tree = _signed(document_bytes, pki)
+    [signature] = find_signatures(tree.getroot())
+    signature.append(etree.fromstring(extra))
+    changed = _reparse(tree)
+    assert len(changed.getroot().findall(f".//{{{NS}}}Subject")) == subjects  # what a reader would see
+    with pytest.raises(SignatureError, match="inside ds:Signature is refused"):
+        verify_tree(changed, _trust(pki))
+    # The same signature without the addition verifies: the refusal is about the addition.
+    signature.remove(signature[-1])
+    verify_tree(_reparse(tree), _trust(pki))
 
 
 def test_a_signature_that_subtracts_more_than_the_profile_is_refused(document_bytes: bytes, pki: Pki) -> None:

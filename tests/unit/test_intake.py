@@ -7,15 +7,18 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from lxml import etree
 
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import TrustStore, sign_tree, verify_tree
 from bus.errors import (
     BrokerError,
+    CertificateError,
     DuplicateEnvelopeError,
     EnvelopeInvalidError,
     ForgedSenderError,
+    SignatureError,
     SignatureMissingError,
     UnknownDocumentError,
 )
@@ -393,3 +396,160 @@ async def test_unsigned_arrival_is_refused_when_signatures_are_required(topology
             make_document("000.00.00.G12", ["000.00.21.H99"], 63)
         )
     assert publisher.sent == []
+
+
+# -- hardening (issue 10) --------------------------------------------------------------------------
+
+
+def _must_sign(topology: Topology, pki: Pki, publisher: FakePublisher, **policy: object) -> Intake:
+    return _intake(
+        topology,
+        pki,
+        publisher,
+        FakeStore(),
+        trust=TrustStore([pki.ca.certificate]),
+        signed_senders=frozenset({str(PROVINCE)}),
+        **policy,
+    )
+
+
+async def test_must_sign_refuses_a_certificate_that_names_no_uid(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    """A trusted CA's certificate without a UID proves nothing about who signed."""
+    publisher = FakePublisher()
+    with pytest.raises(ForgedSenderError, match=r"names no UID"):
+        await _must_sign(topology, pki, publisher).accept(
+            _signed_by(pki, document_bytes, ""), sender=PROVINCE
+        )
+    assert publisher.sent == []
+
+
+async def test_must_sign_accepts_the_pinned_certificate_even_without_a_uid(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    tree = parse_untrusted(document_bytes)
+    nameless = issue_certificate(pki.ca, "Chữ ký số UBND tỉnh", "")
+    sign_tree(tree, nameless.key, nameless.certificate)
+    signed = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+    publisher = FakePublisher()
+    pinned = {str(PROVINCE): nameless.certificate.fingerprint(hashes.SHA256())}
+    await _must_sign(topology, pki, publisher, pinned=pinned).accept(signed, sender=PROVINCE)
+    assert len(publisher.sent) == 2
+    with pytest.raises(ForgedSenderError, match=r"not 000\.00\.00\.H99's"):  # the pin, not any UID, decides
+        await _must_sign(topology, pki, FakePublisher(), pinned=pinned).accept(
+            _signed_by(pki, make_document(str(PROVINCE), ["000.00.21.H99"], 71), str(PROVINCE)),
+            sender=PROVINCE,
+        )
+
+
+async def test_a_uid_naming_a_former_code_of_the_sender_is_the_sender(topology: Topology, pki: Pki) -> None:
+    merged = OrganId.parse("000.03.21.H99")  # formerly 000.04.21.H99 (config/example-province.toml)
+    body = _signed_by(pki, make_document(str(merged), ["000.00.21.H99"], 72), "000.04.21.H99")
+    publisher = FakePublisher()
+    policy = {"trust": TrustStore([pki.ca.certificate]), "signed_senders": frozenset({str(merged)})}
+    await _intake(topology, pki, publisher, FakeStore(), **policy).accept(body, sender=merged)
+    assert len(publisher.sent) == 1
+
+
+async def test_a_signature_is_checked_even_when_the_sender_need_not_sign(
+    topology: Topology, pki: Pki
+) -> None:
+    """The bus countersigns what it forwards: it must not vouch for a signature nobody checked."""
+    finance = OrganId.parse("000.00.02.H99")  # not obliged to sign
+    rogue = issue_certificate(pki.other_ca, "Sở Tài chính", str(finance))  # a CA nobody trusts
+    tree = parse_untrusted(make_document(str(finance), ["000.00.21.H99"], 73))
+    sign_tree(tree, rogue.key, rogue.certificate)
+    body = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+    publisher = FakePublisher()
+    trusted = _intake(topology, pki, publisher, FakeStore(), trust=TrustStore([pki.ca.certificate]))
+    with pytest.raises(CertificateError, match="does not chain to a trusted CA"):
+        await trusted.accept(body, sender=finance)
+    with pytest.raises(SignatureError, match=r"trusts no CA to check it against \(node\.trust\)"):
+        await _intake(topology, pki, publisher, FakeStore()).accept(body, sender=finance)
+    assert publisher.sent == []
+    # Signed by someone else's certificate: forged, obliged to sign or not.
+    with pytest.raises(ForgedSenderError, match=r"signed by 000\.00\.21\.H99"):
+        await trusted.accept(
+            _signed_by(pki, make_document(str(finance), ["000.00.21.H99"], 74), "000.00.21.H99"),
+            sender=finance,
+        )
+    # Signed by itself with a trusted certificate: checked, then delivered with both signatures.
+    await trusted.accept(
+        _signed_by(pki, make_document(str(finance), ["000.00.21.H99"], 75), str(finance)), sender=finance
+    )
+    assert len(verify_tree(parse_untrusted(publisher.sent[0][1]), TrustStore([pki.ca.certificate]))) == 2
+
+
+async def test_a_recipient_never_reads_what_was_not_signed(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    """Exclusive c14n drops comments: 'V/v phê duyệt<!-- x --> dự án' verifies as the whole subject,
+    while a reader of the element's first text node sees only 'V/v phê duyệt'."""
+    subject = "V/v phê duyệt dự án"
+    document = make_document(str(PROVINCE), ["000.00.21.H99"], 76, subject=subject)
+    signed = _signed_by(pki, document, "000.00.00.H99")
+    tampered = signed.replace("phê duyệt dự án".encode(), "phê duyệt<!-- x --> dự án".encode())
+    assert tampered != signed
+    # The signature alone does not notice: that is the hole.
+    assert verify_tree(parse_untrusted(tampered), TrustStore([pki.ca.certificate]))
+    publisher = FakePublisher()
+    with pytest.raises(
+        EnvelopeInvalidError, match=r"signatures \(exclusive c14n\) do not cover it"
+    ) as caught:
+        await _must_sign(topology, pki, publisher).accept(tampered, sender=PROVINCE)
+    [problem] = caught.value.problems
+    assert problem.code == "unsigned-markup"
+    assert problem.path.endswith("/MessageHeader/Subject")
+    assert publisher.sent == []
+
+
+@pytest.mark.parametrize(
+    "markup", [b"<!-- x -->", b"<?bus hide?>"], ids=["comment", "processing-instruction"]
+)
+async def test_comments_and_processing_instructions_are_refused_in_unsigned_envelopes_too(
+    topology: Topology, pki: Pki, markup: bytes
+) -> None:
+    """The bus signs what it forwards with the same c14n: its own signature must not cover less than
+    what the recipient reads either."""
+    data = make_document(str(PROVINCE), ["000.00.21.H99"], 77)
+    publisher = FakePublisher()
+    with pytest.raises(EnvelopeInvalidError) as caught:
+        await _intake(topology, pki, publisher, FakeStore()).accept(
+            data.replace(b"</edXML:Subject>", markup + b"</edXML:Subject>"), sender=PROVINCE
+        )
+    assert [p.code for p in caught.value.problems] == ["unsigned-markup"]
+    assert publisher.sent == []
+    await _intake(topology, pki, publisher, FakeStore()).accept(data, sender=PROVINCE)  # without: fine
+    assert len(publisher.sent) == 1
+
+
+async def test_too_many_recipients_are_refused_before_anything_moves(topology: Topology, pki: Pki) -> None:
+    home = OrganId.parse("000.00.01.H99")
+    codes = [f"000.00.{i % 100:02d}.G{10 + i // 100:02d}" for i in range(11)]  # 11 ministries' units
+    publisher, store = FakePublisher(), FakeStore()
+    intake = _intake(topology, pki, publisher, store, max_recipients=10)
+    with pytest.raises(EnvelopeInvalidError, match=r"names 11 recipients; .* at most 10") as caught:
+        await intake.accept(make_document(str(home), codes, 78), sender=home)
+    assert caught.value.problems[0].code == "too-many-recipients"
+    assert publisher.sent == []
+    assert store.pending == {}
+    accepted = await intake.accept(make_document(str(home), codes[:10], 79), sender=home)
+    assert len(accepted.destinations) == 10
+
+
+async def test_an_unknown_code_of_this_province_is_an_error_not_an_outbound_delivery(
+    topology: Topology, pki: Pki
+) -> None:
+    home = OrganId.parse("000.00.01.H99")
+    data = make_document(str(home), ["000.00.21.H99", "000.99.21.H99", "000.00.00.G22"], 80)
+    publisher, store = FakePublisher(), FakeStore()
+    with pytest.raises(EnvelopeInvalidError, match=r"000\.99\.21\.H99 is a code of this province") as caught:
+        await _intake(topology, pki, publisher, store).accept(data, sender=home)
+    [problem] = caught.value.problems
+    assert (problem.code, problem.path) == (
+        "unknown-recipient",
+        "/edXML/edXMLEnvelope/edXMLHeader/MessageHeader/To[2]/OrganId",
+    )
+    assert publisher.sent == []
+    assert store.pending == {}
