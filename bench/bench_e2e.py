@@ -2,7 +2,9 @@
 aio-pika publish-with-confirm / consume-with-ack loop on the same broker, in the same run.
 
 Not a test. Run ``.venv/bin/python -m bench.bench_e2e`` (RabbitMQ and PostgreSQL up: scripts/services.sh)
-and copy the table into docs/performance.md.
+and copy the table into docs/performance.md. ``--smoke`` runs every row with a handful of envelopes
+(tests/integration/test_bench_smoke.py: the benchmark must keep running; its figures mean nothing).
+It deletes its queues, exchanges, database and files when it ends, fails or is interrupted (SIGINT).
 
 * **bus, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus serve`` processes over HTTP
   (the province must sign, so each signature is verified, then traced and countersigned); recipients
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
-import asyncpg
 import httpx
 from lxml import etree
 
@@ -39,13 +41,13 @@ from bus.pki import init_pki
 from bus.settings import load_settings
 from bus.xmlparse import parse_untrusted
 from tests.factory import make_document
-from tests.integration.conftest import delete_broker_objects
+from tests.integration.conftest import delete_broker_objects, fresh_database, write_config
 from tests.integration.processes import ServeProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("BUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_ADMIN = os.environ.get("BUS_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/bus_test")
 PROVINCE = "000.00.00.H99"
+FANOUT = 50  # communes of the bench's district: the fan-out row sends to all of them
 
 
 @dataclass
@@ -145,20 +147,25 @@ async def bus_run(
         queue.put_nowait((n, body))
     started = time.perf_counter()
     pullers = [asyncio.create_task(puller(a, i)) for i, a in enumerate(agencies)]
-    await asyncio.gather(*(pusher(queue) for _ in range(concurrency)))
-    waiter = asyncio.create_task(done.wait())
-    await asyncio.wait([waiter, *pullers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
-    seconds = time.perf_counter() - started
-    if not done.is_set():  # a puller failed (its exception is raised here) or time ran out
+    try:
+        await asyncio.gather(*(pusher(queue) for _ in range(concurrency)))
+        waiter = asyncio.create_task(done.wait())
+        await asyncio.wait([waiter, *pullers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
+        seconds = time.perf_counter() - started
+        if not done.is_set():  # a puller failed (its exception is raised here) or time ran out
+            for task in pullers:
+                if task.done():
+                    task.result()
+            raise TimeoutError(f"{label}: only {len(latencies)} of {expected} deliveries pulled")
+        for task in pullers:
+            await task
+    finally:
         done.set()
         for task in pullers:
-            if task.done():
-                task.result()
-        raise TimeoutError(f"{label}: only {len(latencies)} of {expected} deliveries pulled")
-    for task in pullers:
-        await task
-    for sender in senders:
-        await sender.aclose()
+            task.cancel()
+        await asyncio.gather(*pullers, return_exceptions=True)
+        for sender in senders:
+            await sender.aclose()
     print(f"  {label}: {count} envelopes in {seconds:.1f} s", file=sys.stderr, flush=True)
     return Run(label, count, expected, seconds, latencies)
 
@@ -167,11 +174,6 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
     """Publish *count* 8 KB messages with confirms (``concurrency`` in flight) and consume with acks."""
     body = os.urandom(8000)
     prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect_robust(AMQP_URL)
-    publish_channel = await connection.channel(publisher_confirms=True)
-    consume_channel = await connection.channel()
-    await consume_channel.set_qos(prefetch_count=64)
-    exchange = await publish_channel.declare_exchange(prefix, aio_pika.ExchangeType.FANOUT, durable=True)
     names = [f"{prefix}.{i}" for i in range(queues)]
     sent: dict[str, float] = {}
     latencies: list[float] = []
@@ -184,13 +186,9 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
         if len(latencies) >= expected:
             done.set()
 
-    for name in names:
-        queue = await consume_channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-        await queue.bind(prefix)
-        await queue.consume(on_message)
     gate = asyncio.Semaphore(concurrency)
 
-    async def publish(n: int) -> None:
+    async def publish(exchange: aio_pika.abc.AbstractExchange, n: int) -> None:
         async with gate:
             message_id = f"{prefix}-{n}"
             sent[message_id] = time.perf_counter()
@@ -200,75 +198,94 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
                 mandatory=True,
             )
 
-    started = time.perf_counter()
+    connection = await aio_pika.connect_robust(AMQP_URL)
     try:
-        await asyncio.gather(*(publish(n) for n in range(count)))
+        publish_channel = await connection.channel(publisher_confirms=True)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=64)
+        exchange = await publish_channel.declare_exchange(prefix, aio_pika.ExchangeType.FANOUT, durable=True)
+        for name in names:
+            queue = await consume_channel.declare_queue(
+                name, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(prefix)
+            await queue.consume(on_message)
+        started = time.perf_counter()
+        await asyncio.gather(*(publish(exchange, n) for n in range(count)))
         await asyncio.wait_for(done.wait(), timeout=600)
         seconds = time.perf_counter() - started
     finally:
-        cleanup = await connection.channel()
+        await connection.close()  # consumers first, or the broker cancels them as their queues go
+        admin = await aio_pika.connect(AMQP_URL)
+        cleanup = await admin.channel()
         for name in names:
             await cleanup.queue_delete(name)
         await cleanup.exchange_delete(prefix)
-        await connection.close()
+        await admin.close()
     print(f"  {label}: {count} messages in {seconds:.1f} s", file=sys.stderr, flush=True)
     return Run(label, count, expected, seconds, latencies)
 
 
 async def main(args: argparse.Namespace) -> list[Run]:
-    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    config_text = _bench_province(50)
-    settings_file = work / "province.toml"
-    pki = work / "pki"
-    settings_file.write_text(config_text.replace("../demo-out/pki", str(pki)), encoding="utf-8")
-    init_pki(load_settings(settings_file).topology, pki, progress=lambda _l: None)
-    database = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    url = f"{base}/{database}" if args.database == "postgresql" else f"sqlite+aiosqlite:///{work / 'bus.db'}"
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    text = settings_file.read_text(encoding="utf-8")
-    text = text.replace('prefix = "bus"', f'prefix = "{prefix}"')
-    text = text.replace('url = "sqlite+aiosqlite:///demo-out/bus.db"', f'url = "{url}"')
-    settings_file.write_text(text, encoding="utf-8")
-    servers = [
-        ServeProcess(settings_file, free_port(), work / f"serve-{i}.log") for i in range(args.processes)
-    ]
-    for server in servers:
-        server.start()
-    for server in servers:
-        await server.wait_ready()
-    runs: list[Run] = []
-    try:
-        local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
-        communes = [[f"000.{n:02d}.40.H99" for n in range(1, 51)]]
-        await bus_run("warm-up", servers, pki, local, 50, args.concurrency)
-        for concurrency in (1, args.concurrency):
-            n = args.envelopes if concurrency > 1 else args.envelopes // 4
-            runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
-            runs.append(
-                await bus_run(
-                    f"bus, 8 KB signed, {concurrency} in flight", servers, pki, local, n, concurrency
-                )
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        work = Path(tmp)
+        pki = work / "pki"
+        province = work / "bench-province.toml"
+        province.write_text(_bench_province(FANOUT), encoding="utf-8")
+        async with fresh_database(args.database, work) as url:
+            # The tests' configuration: no [national_axis] (its CA file exists only after the demo).
+            settings_file = write_config(
+                work / "province.toml",
+                pki,
+                prefix=f"bench-{uuid.uuid4().hex[:8]}",
+                database_url=url,
+                example=province,
             )
-        c = args.concurrency
-        runs.append(await raw_run(f"raw aio-pika, fan-out 50, {c} in flight", args.fanout, 50, c))
-        runs.append(await bus_run(f"bus, fan-out 50, {c} in flight", servers, pki, communes, args.fanout, c))
-    finally:
-        for server in servers:
-            server.stop()
-        await delete_broker_objects(load_settings(settings_file))
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
+            settings = load_settings(settings_file)
+            init_pki(settings.topology, pki, progress=lambda _l: None)
+            servers = [
+                ServeProcess(settings_file, free_port(), work / f"serve-{i}.log")
+                for i in range(args.processes)
+            ]
+            try:
+                for server in servers:
+                    server.start()
+                for server in servers:
+                    await server.wait_ready()
+                return await _runs(args, servers, pki)
+            finally:
+                for server in servers:
+                    server.stop()
+                await delete_broker_objects(settings)
+
+
+async def _runs(args: argparse.Namespace, servers: list[ServeProcess], pki: Path) -> list[Run]:
+    local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
+    communes = [[f"000.{n:02d}.40.H99" for n in range(1, FANOUT + 1)]]
+    await bus_run("warm-up", servers, pki, local, args.warm_up, args.concurrency)
+    runs: list[Run] = []
+    for concurrency in (1, args.concurrency):
+        n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
+        runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
+        runs.append(
+            await bus_run(f"bus, 8 KB signed, {concurrency} in flight", servers, pki, local, n, concurrency)
+        )
+    c = args.concurrency
+    runs.append(await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c))
+    runs.append(
+        await bus_run(f"bus, fan-out {FANOUT}, {c} in flight", servers, pki, communes, args.fanout, c)
+    )
     return runs
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
     cpu = platform.processor() or platform.machine()
-    rabbit = subprocess.run(
-        ["rabbitmqctl", "version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    rabbit = (
+        subprocess.run([rabbitmqctl, "version"], capture_output=True, text=True, check=False).stdout.strip()
+        if rabbitmqctl
+        else ""
+    )
     print(
         f"\n{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, RabbitMQ {rabbit or '?'}, "
         f"store {args.database}, {args.processes} bus serve process(es); load generator on the same machine\n"
@@ -293,5 +310,11 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--processes", type=int, default=1, help="bus serve processes")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--warm-up", type=int, default=50, help="envelopes sent before measuring")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few envelopes per row: checks that the benchmark runs"
+    )
     arguments = parser.parse_args()
+    if arguments.smoke:
+        arguments.envelopes, arguments.fanout, arguments.concurrency, arguments.warm_up = 8, 2, 4, 4
     report(asyncio.run(main(arguments)), arguments)
