@@ -3,7 +3,9 @@
 Not a test. Run ``.venv/bin/python -m bench.bench_dashboard`` (PostgreSQL up: scripts/services.sh). It
 makes a fresh database, writes the documents with their deliveries, events and inbox rows (``COPY``:
 tests/integration/dashboard_seed.py), ANALYZEs, then times each query the dashboard runs, through the
-same functions the pages call, and says whether its plan reads any of the big tables in full.
+same functions the pages call, and says whether its plan reads any of the big tables in full. The
+database is dropped at the end, also on failure or SIGINT (unless ``--keep``). ``--smoke``: 200
+documents, one round (tests/integration/test_bench_smoke.py: the benchmark must keep running).
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ async def main(count: int, rounds: int, keep: bool) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     url = f"{base}/{name}"
-    store = StatusStore.connect(url)
+    store: StatusStore | None = None
     try:
+        store = StatusStore.connect(url)
         await store.create_schema()
         started = time.perf_counter()
         seeded = await seed_documents(url, count)
@@ -108,7 +111,8 @@ async def main(count: int, rounds: int, keep: bool) -> None:
         plan = await explain(store.engine, inbox_depth_query())
         print(f"| inbox depths | {len(depths)} | {median:.1f} | {worst:.1f} | {_scans(plan)} |")
     finally:
-        await store.close()
+        if store is not None:
+            await store.close()
         if not keep:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -124,5 +128,8 @@ if __name__ == "__main__":
     parser.add_argument("--documents", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the database (to run EXPLAIN by hand)")
+    parser.add_argument("--smoke", action="store_true", help="200 documents, one round: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.documents, args.rounds = 200, 1
     asyncio.run(main(args.documents, args.rounds, args.keep))

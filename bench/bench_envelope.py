@@ -3,6 +3,7 @@
 Not a test: run ``.venv/bin/python -m bench.bench_envelope`` and copy the table into
 docs/performance.md. Sizes: an ~8 KB envelope and an ~1 MB one (the bulk is a base64 attachment, as in
 real traffic). Each figure is the median of several timed rounds, in milliseconds per envelope.
+``--smoke``: one round of two envelopes (tests/integration/test_bench_smoke.py: it must keep running).
 """
 
 from __future__ import annotations
@@ -136,17 +137,18 @@ def run(size_name: str, data: bytes, per_round: int, rounds: int) -> list[tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--smoke", action="store_true", help="one round of two envelopes: it runs")
     args = parser.parse_args()
-    rounds = 3 if args.quick else 7
+    rounds, small, large = (1, 2, 1) if args.smoke else (3, 20, 2) if args.quick else (7, 100, 10)
     print(
         f"Python {platform.python_version()}, lxml {'.'.join(map(str, etree.LXML_VERSION))}, "
         f"libxml2 {'.'.join(map(str, etree.LIBXML_VERSION))}, xmlschema {xmlschema.__version__}, "
         f"signxml {metadata.version('signxml')}, cryptography {metadata.version('cryptography')}, "
         f"{os.cpu_count()} CPUs, {platform.machine()}"
     )
-    run("8 KB", envelope_of_size(8 * 1024), per_round=20 if args.quick else 100, rounds=rounds)
-    run("1 MB", envelope_of_size(1024 * 1024), per_round=2 if args.quick else 10, rounds=rounds)
+    run("8 KB", envelope_of_size(8 * 1024), per_round=small, rounds=rounds)
+    run("1 MB", envelope_of_size(1024 * 1024), per_round=large, rounds=rounds)
 
 
 if __name__ == "__main__":
