@@ -156,3 +156,35 @@ class AxisRejectedError(AxisError):
         super().__init__(f"national axis refused it (ErrorCode {code}): {description}")
         self.code = code
         self.description = description
+
+
+# -- certificate revocation (issue 10) ------------------------------------------------------------------
+
+from typing import TYPE_CHECKING  # noqa: E402 - this module grows by appending
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+
+class CertificateRevokedError(CertificateError):
+    """A certificate of the chain is on its CA's CRL; the message gives its serial, the revocation date and
+    reason, and the CA."""
+
+    def __init__(
+        self, message: str, *, serial: int, revoked_at: dt.datetime, reason: str, issuer: str
+    ) -> None:
+        super().__init__(message)
+        self.serial = serial
+        self.revoked_at = revoked_at
+        self.reason = reason  # RFC 5280 CRLReason name: keyCompromise, superseded, … or unspecified
+        self.issuer = issuer
+
+
+class RevocationUnknownError(CertificateError):
+    """A certificate's revocation status cannot be established (its CA's CRL is stale, unreachable or
+    unusable) and the deployment's policy is to refuse (``revocation.on_unavailable = "refuse"``)."""
+
+
+class CrlUnusableError(ConfigError):
+    """A CRL that cannot be used: unreadable, not signed by its CA, a delta or partitioned CRL, no
+    nextUpdate, or older than the CRL already held."""

@@ -5,6 +5,11 @@ the store. Each link is checked with ``verify_directly_issued_by`` (issuer name 
 issuer must be a CA (basicConstraints) allowed to sign certificates (keyUsage), every certificate
 must be valid at the time of verification, and the signer's keyUsage, when present, must allow
 digital signatures (or non-repudiation, as Vietnamese CAs issue for document signing).
+
+With a :class:`~bus.dsig.revocation.CrlRegistry`, every link whose issuer has a CRL configured is
+checked against it once the chain is built, from the trust anchor down (a revoked intermediate is
+reported before the certificates it issued). The check is an in-memory look-up: CRLs are fetched and
+refreshed elsewhere (:mod:`bus.dsig.crl_refresh`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID
 
+from bus.dsig.revocation import CrlRegistry
 from bus.errors import CertificateError, ConfigError
 
 __all__ = ["TrustStore", "describe"]
@@ -72,27 +78,35 @@ def _issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 class TrustStore:
-    """Trusted CA certificates (trust anchors)."""
+    """Trusted CA certificates (trust anchors), and the CRLs to check chains against (optional)."""
 
-    def __init__(self, anchors: Iterable[x509.Certificate]) -> None:
+    def __init__(self, anchors: Iterable[x509.Certificate], revocation: CrlRegistry | None = None) -> None:
         self.anchors: tuple[x509.Certificate, ...] = tuple(anchors)
+        self.revocation = revocation
         if not self.anchors:
             raise ConfigError("the trust store holds no CA certificate")
 
     @classmethod
-    def from_pem_files(cls, paths: Sequence[Path]) -> TrustStore:
+    def from_pem_files(cls, paths: Sequence[Path], revocation: CrlRegistry | None = None) -> TrustStore:
         anchors: list[x509.Certificate] = []
         for path in paths:
             try:
                 anchors += x509.load_pem_x509_certificates(path.read_bytes())
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot read CA certificates from {path}: {exc}") from exc
-        return cls(anchors)
+        return cls(anchors, revocation)
+
+    def _check_revocation(self, chain: Sequence[x509.Certificate], at: dt.datetime) -> None:
+        if self.revocation is None:
+            return
+        for index in range(len(chain) - 2, -1, -1):
+            self.revocation.check(chain[index], chain[index + 1], at, signer=chain[0])
 
     def validate(
         self, signer: x509.Certificate, intermediates: Sequence[x509.Certificate], at: dt.datetime
     ) -> tuple[x509.Certificate, ...]:
-        """The chain ``(signer, ..., anchor)``, or :class:`CertificateError` saying which link fails."""
+        """The chain ``(signer, ..., anchor)``, or :class:`CertificateError` saying which link fails
+        (:class:`~bus.errors.CertificateRevokedError` for a revoked one)."""
         _check_signer(signer)
         chain = [signer]
         current = signer
@@ -102,6 +116,7 @@ class TrustStore:
                 if anchor.subject == current.issuer and _issued_by(current, anchor):
                     _check_issuer(anchor)
                     _check_time(anchor, at)
+                    self._check_revocation((*chain, anchor), at)
                     return (*chain, anchor)
             candidates = [c for c in intermediates if c.subject == current.issuer and c not in chain]
             issuer = next((c for c in candidates if _issued_by(current, c)), None)
