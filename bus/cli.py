@@ -8,6 +8,7 @@ to stderr.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from bus.cli_axis import add_commands as add_axis_commands
 from bus.cli_operator import add_commands as add_operator_commands
 from bus.cli_service import add_commands
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
+from bus.dsig.revocation import RevocationPolicy, UncheckedRevocation, registry_from_files
 from bus.envelope import check_tree, read_envelope
 from bus.errors import BusError, ConfigError, EnvelopeInvalidError, InputError
 from bus.pki import init_pki
@@ -87,8 +89,20 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     trust = TrustStore.from_pem_files(args.ca)
+    unchecked: list[UncheckedRevocation] = []
+    if args.crl:
+        # Offline: the CRLs named, each matched to the --ca that issued it; no network.
+        crls = registry_from_files(
+            args.crl,
+            trust.anchors,
+            RevocationPolicy(args.crl_policy),
+            now=dt.datetime.now(dt.UTC),
+            on_unchecked=unchecked.append,
+        )
+        trust = TrustStore(trust.anchors, crls)
     status = EXIT_OK
     for path in args.files:
+        unchecked.clear()
         try:
             tree = parse_untrusted(_read(path))
             sender = sender_text(tree.getroot())
@@ -105,6 +119,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{path}: OK ({len(results)} signature(s): {signers})")
         if args.allow_sha1 and any("sha1" in r.signature_method for r in results):
             _err(f"{path}: warning: accepted a SHA-1 signature because --allow-sha1 was given")
+        for notice in unchecked:
+            _err(f"{path}: warning: {notice} (--crl-policy accept-and-flag)")
     return status
 
 
@@ -136,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-sha1",
         action="store_true",
         help="accept SHA-1 signatures from the senders of the files named here (legacy)",
+    )
+    verify.add_argument(
+        "--crl",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CRL (DER or PEM) of one of the --ca CAs: refuse certificates it revokes (repeatable)",
+    )
+    verify.add_argument(
+        "--crl-policy",
+        choices=[p.value for p in RevocationPolicy],
+        default=RevocationPolicy.REFUSE.value,
+        help="when a --crl is past its nextUpdate: refuse (default) or accept with a warning on stderr",
     )
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
     verify.set_defaults(handler=cmd_verify)

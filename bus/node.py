@@ -13,6 +13,7 @@ import datetime as dt
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -34,6 +35,9 @@ from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from adapters.store.dashboard_queries import create_dashboard_indexes
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
+from bus.dsig.crl_metrics import RevocationCollector
+from bus.dsig.crl_refresh import CrlRefresher
+from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy
 from bus.errors import BrokerError, ConfigError
 from bus.intake import Intake, IntakePolicy, NodeIdentity
 from bus.settings import Settings
@@ -58,9 +62,42 @@ def node_identity(settings: Settings) -> NodeIdentity:
     return NodeIdentity(node.organ_id, key, certificates[0])
 
 
-def intake_policy(settings: Settings) -> IntakePolicy:
+def revocation_registry(settings: Settings) -> CrlRegistry | None:
+    """The CRLs of ``[revocation]``, not loaded yet (the node's :class:`CrlRefresher` loads them), or
+    None when none is listed. Both trust stores share it."""
+    section = settings.revocation
+    sources = []
+    for entry in section.crls:
+        cas = load_certificates(settings.path(entry.ca))
+        if len(cas) != 1:
+            raise ConfigError(
+                f"revocation.crls: {entry.ca} holds {len(cas)} certificates; name one CA per entry"
+            )
+        location = entry.crl if "://" in entry.crl else str(settings.path(Path(entry.crl)))
+        sources.append(CrlSource(cas[0], location))
+    registry = CrlRegistry(sources, RevocationPolicy(section.on_unavailable)) if sources else None
+    unchecked = _cas_without_crl(settings, registry)
+    if unchecked and section.require_for_every_ca:
+        raise ConfigError(
+            "revocation.require_for_every_ca is set, and no CRL is listed for the trusted CA(s) "
+            f"{'; '.join(unchecked)}: add a [[revocation.crls]] entry for each"
+        )
+    return registry
+
+
+def _cas_without_crl(settings: Settings, registry: CrlRegistry | None) -> list[str]:
+    paths = (*settings.node.trust, *settings.national_axis.trust)
+    cas = {ca for path in paths for ca in load_certificates(settings.path(path))}
+    return sorted(ca.subject.rfc4514_string() for ca in cas if registry is None or not registry.covers(ca))
+
+
+def intake_policy(settings: Settings, revocation: CrlRegistry | None = None) -> IntakePolicy:
+    """The intake's checks from *settings*. *revocation* is the CRL registry the node keeps fresh; without
+    one, one is built from ``[revocation]`` but never loaded (under ``refuse`` a signature whose chain
+    passes a CA with a CRL listed is then refused)."""
+    crls = revocation if revocation is not None else revocation_registry(settings)
     trust = (
-        TrustStore.from_pem_files([settings.path(p) for p in settings.node.trust])
+        TrustStore.from_pem_files([settings.path(p) for p in settings.node.trust], crls)
         if settings.node.trust
         else None
     )
@@ -84,7 +121,7 @@ def intake_policy(settings: Settings) -> IntakePolicy:
         ),
         limits=XmlLimits(max_bytes=settings.http.max_body_bytes),
         axis_trust=(
-            TrustStore.from_pem_files([settings.path(p) for p in settings.national_axis.trust])
+            TrustStore.from_pem_files([settings.path(p) for p in settings.national_axis.trust], crls)
             if settings.national_axis.trust
             else None
         ),
@@ -104,6 +141,7 @@ class Node:
     axis: AxisLink | None = None
     dead_letters: DeadLetterWorker | None = None
     dashboard: Starlette | None = None
+    crl_refresher: CrlRefresher | None = None
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
@@ -116,7 +154,10 @@ class Node:
     async def start(cls, settings: Settings, *, workers: bool = True) -> Node:
         """Connect, declare, and start consuming (with *workers*). Raises ConfigError or BrokerError."""
         identity = node_identity(settings)
-        policy = intake_policy(settings)
+        crls = revocation_registry(settings)
+        for ca in _cas_without_crl(settings, crls):
+            log.warning("revocation.not_checked", ca=ca, reason="no [[revocation.crls]] entry for this CA")
+        policy = intake_policy(settings, crls)
         topology = settings.topology
         # hide_parameters: a database error's message (logged) never carries a statement's values,
         # among them envelope bodies and request nonces.
@@ -152,6 +193,20 @@ class Node:
             metrics=NodeMetrics(),
             readiness=Readiness({"broker": broker_check(connection)}),
         )
+        crl_refresher = None
+        if crls is not None:
+            # Loaded before anything can reach the intake (the relay in starts below), then refreshed in
+            # the background: verification only ever reads what is held (bus/dsig/crl_refresh.py).
+            revocation = settings.revocation
+            crl_refresher = CrlRefresher(
+                crls,
+                refresh_s=revocation.refresh_s,
+                retry_s=revocation.retry_s,
+                timeout_s=revocation.fetch_timeout_s,
+                max_bytes=revocation.max_crl_bytes,
+            )
+            await crl_refresher.start()
+            api.metrics.registry.register(RevocationCollector(crls))
         worker = None
         if workers:
             consume = await connection.channel()
@@ -184,7 +239,9 @@ class Node:
             workers=workers,
             national_axis=settings.national_axis.endpoint,
         )
-        return cls(settings, store, connection, intake, api, worker, axis, dead_letters, dashboard)
+        return cls(
+            settings, store, connection, intake, api, worker, axis, dead_letters, dashboard, crl_refresher
+        )
 
     async def stop(self) -> None:
         if self.axis is not None:
@@ -198,6 +255,8 @@ class Node:
                 await self.dead_letters.stop()
         with contextlib.suppress(Exception):
             await self.connection.close()
+        if self.crl_refresher is not None:
+            await self.crl_refresher.stop()
         await self.store.close()
         log.info("node.stopped")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -107,6 +107,45 @@ class NationalAxisSettings(_Section):
         return self
 
 
+class CrlSourceSettings(_Section):
+    """One CA's certificate revocation list (``[[revocation.crls]]``)."""
+
+    # PEM file of the CA that issues the CRL: a CA of node.trust or national_axis.trust, or an
+    # intermediate under one (its CRL covers what it issued). Relative to the configuration file.
+    ca: Path
+    # Where the CRL is: a file path (relative to the configuration file) or an http(s):// URL; DER or PEM.
+    crl: str = Field(min_length=1)
+
+    @field_validator("crl")
+    @classmethod
+    def _file_or_http(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r}: a CRL is read from a file path or an http(s):// URL only")
+        return value
+
+
+class RevocationSettings(_Section):
+    """Revocation of signers' certificates, checked against the CRLs of trusted CAs (issue 10).
+
+    Applies to both trust stores (node.trust: agencies' CAs; national_axis.trust: other provinces' and
+    ministries' CAs). A chain link is checked when its issuer has a CRL listed here; with none listed,
+    nothing is checked (start-up logs a warning per trusted CA left unchecked)."""
+
+    crls: tuple[CrlSourceSettings, ...] = ()
+    # When a listed CA's CRL is stale (past nextUpdate, not refreshed), unreachable or unusable:
+    # "refuse" the signature, or "accept-and-flag" it (warning log line, bus_revocation_unchecked_total).
+    # A certificate a CRL lists is refused either way.
+    on_unavailable: Literal["refuse", "accept-and-flag"] = "refuse"
+    # Start-up stops when a CA of node.trust or national_axis.trust has no CRL listed.
+    require_for_every_ca: bool = False
+    # A CRL is fetched again at its nextUpdate and at least this often (a CA may publish early after an
+    # urgent revocation); a failed fetch is retried every retry_s.
+    refresh_s: float = Field(default=3600.0, gt=0)
+    retry_s: float = Field(default=60.0, gt=0)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    max_crl_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+
+
 class Operator(_Section):
     """Someone who may log in to the operators' dashboard."""
 
@@ -167,6 +206,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     national_axis: NationalAxisSettings = NationalAxisSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    revocation: RevocationSettings = RevocationSettings()
     # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
     # A value here wins over an agency's ``secret`` in the file.
     agency_secrets: dict[str, SecretStr] = {}
