@@ -145,9 +145,14 @@ class Node:
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
+        from adapters.dashboard import RelativeRedirects
+
         app = create_app(self.api)
         if self.dashboard is not None:
             app.mount("/dashboard", self.dashboard)
+        # The router's slash redirects (GET /dashboard -> /dashboard/, /v1/inbox/ -> /v1/inbox) would
+        # name the host of the request's Host header: every Location leaves as a path (issue 10, item 7).
+        app.add_middleware(RelativeRedirects)
         return app
 
     @classmethod

@@ -2,5 +2,6 @@
 
 from adapters.dashboard.app import create_dashboard
 from adapters.dashboard.context import LinkStatusSource, Replayer
+from adapters.dashboard.redirects import RelativeRedirects
 
-__all__ = ["LinkStatusSource", "Replayer", "create_dashboard"]
+__all__ = ["LinkStatusSource", "RelativeRedirects", "Replayer", "create_dashboard"]

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from adapters.dashboard import dead_letter_pages, pages
 from adapters.dashboard.context import Dashboard, Form, LinkStatusSource, Replayer, first, guarded
+from adapters.dashboard.redirects import RelativeRedirects
 from adapters.dashboard.render import HERE, SecurityHeaders, make_environment, read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
 from adapters.store.store import StatusStore
@@ -180,6 +181,8 @@ def create_dashboard(
         *pages.routes(dash),
         *dead_letter_pages.routes(dash),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    # RelativeRedirects: the router's own slash redirects (/dashboard/inboxes/ -> /dashboard/inboxes)
+    # would otherwise name whatever host the request's Host header claimed (issue 10, item 7).
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders), Middleware(RelativeRedirects)])
     dash.router = app.router
     return app

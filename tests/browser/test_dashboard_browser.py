@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's Chromium (scripts/browser.sh installs it) driven by
-Playwright, against the app served by uvicorn on a real port, a SQLite store written through the store's
-methods, and a real replay into RabbitMQ (a fresh prefix). JavaScript is off: every step, the replay's
-confirmation included, must work without it. A missing Chromium fails the test; it never skips.
+Playwright, against ``Node.http_app`` (the agency API with the dashboard mounted) served by uvicorn on a
+real port, a SQLite store written through the store's methods, and a real replay into RabbitMQ (a fresh
+prefix). JavaScript is off: every step, the replay's confirmation included, must work without it. A
+missing Chromium fails the test; it never skips.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from playwright.async_api import Page, async_playwright, expect
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from adapters.dashboard import create_dashboard
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
@@ -30,6 +29,7 @@ from bus.organ_id import OrganId
 from bus.settings import AmqpSettings, Settings, load_settings
 from tests.conftest import ROOT
 from tests.integration.conftest import AMQP_URL, delete_broker_objects
+from tests.integration.dashboard_client import node_app
 from tests.integration.dashboard_seed import (
     COMMUNE,
     DEAD_REASON,
@@ -89,7 +89,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     port = free_port()
     server = _Server(
         uvicorn.Config(
-            Starlette(routes=[Mount("/dashboard", app=app)]),
+            node_app(store, app),  # the agency API with the dashboard mounted, as bus serve serves it
             host="127.0.0.1",
             port=port,
             log_config=None,
@@ -105,7 +105,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
             await asyncio.sleep(0.02)
         else:
             pytest.fail("uvicorn did not start within 10 s")
-        yield Served(f"http://127.0.0.1:{port}/dashboard/", sample, inbox_queue, channel)
+        # No trailing slash: the browser follows the node's (relative) slash redirect first.
+        yield Served(f"http://127.0.0.1:{port}/dashboard", sample, inbox_queue, channel)
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
