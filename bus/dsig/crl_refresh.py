@@ -157,6 +157,10 @@ class CrlRefresher:
             except Exception:  # a bug here must not end revocation checking silently: logged, retried
                 log.exception("crl.refresher_error")
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
