@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from starlette.routing import Router
 
 from adapters.dashboard.render import read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
+from adapters.dashboard.throttle import LoginThrottle
 from adapters.rabbitmq.deadletters import ReplayResult
 from adapters.store.store import StatusStore
 from bus.settings import Settings
@@ -30,36 +30,6 @@ LinkStatusSource = Callable[[], Awaitable[dict[str, Any]]]
 Replayer = Callable[[list[int]], Awaitable[list[ReplayResult]]]
 Form = dict[str, list[str]]
 Handler = Callable[["Dashboard", Request, Session, Form], Awaitable[Response]]
-
-
-class LoginThrottle:
-    """Failed logins per username and per client address: from the fourth failure in a row, each
-    further try waits 2, 4, 8 … up to 300 seconds (in this process; scrypt also costs every try)."""
-
-    def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
-
-    def _keys(self, username: str, client: str | None) -> list[str]:
-        return [f"u:{username[:64]}", f"c:{client or '-'}"]
-
-    def wait_s(self, username: str, client: str | None, now: float) -> int:
-        waits = [0.0]
-        for key in self._keys(username, client):
-            count, last = self._failures.get(key, (0, 0.0))
-            if count > 3:
-                waits.append(last + min(2 ** (count - 3), 300) - now)
-        return max(0, math.ceil(max(waits)))
-
-    def failed(self, username: str, client: str | None, now: float) -> None:
-        if len(self._failures) > 10_000:
-            self._failures.clear()
-        for key in self._keys(username, client):
-            count, _ = self._failures.get(key, (0, 0.0))
-            self._failures[key] = (count + 1, now)
-
-    def succeeded(self, username: str, client: str | None) -> None:
-        for key in self._keys(username, client):
-            self._failures.pop(key, None)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import httpx
 from aio_pika.abc import AbstractRobustConnection
 from starlette.types import ASGIApp
 
-from adapters.dashboard import create_dashboard
+from adapters.dashboard import LoginThrottle, create_dashboard
 from adapters.http import ApiContext
 from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
 from adapters.store import StatusStore
@@ -64,6 +64,11 @@ class Env:
             "backlog": 0,
         }
 
+    def client_at(self, address: str) -> httpx.AsyncClient:
+        """Another browser, at another address (its own cookies); the caller closes it."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://bus.test")
+
 
 def node_app(store: StatusStore, dashboard: ASGIApp) -> ASGIApp:
     """``Node.http_app`` around *dashboard*: the agency API (never called here, so it has no intake or
@@ -76,7 +81,7 @@ def node_app(store: StatusStore, dashboard: ASGIApp) -> ASGIApp:
 
 
 @contextlib.asynccontextmanager
-async def dashboard_env(url: str) -> AsyncIterator[Env]:
+async def dashboard_env(url: str, *, throttle: LoginThrottle | None = None) -> AsyncIterator[Env]:
     store = StatusStore.connect(url)
     await store.create_schema()
     sample = await record_sample(store, NOW)
@@ -95,6 +100,7 @@ async def dashboard_env(url: str) -> AsyncIterator[Env]:
         link_status=link_status,
         replay=replay,
         clock=lambda: holder[0].clock(),
+        throttle=throttle,
     )
     app = node_app(store, dashboard)
     try:

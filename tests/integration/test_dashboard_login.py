@@ -1,11 +1,12 @@
 """Logging in to the dashboard, served by ``Node.http_app`` as ``bus serve`` serves it: what a failed
-login says, the throttle of failed logins, and redirects that never name the host of a forged ``Host``
-header (issue 10, item 7)."""
+login says, the throttle of failed logins (issue 10, item 8), and redirects that never name the host of
+a forged ``Host`` header (issue 10, item 7)."""
 
 from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from adapters.dashboard import LoginThrottle
 from tests.integration.dashboard_client import Env, csrf_of, dashboard_env, login
 from tests.integration.dashboard_seed import OPERATOR, PASSWORD
 
 pytestmark = pytest.mark.asyncio
+ATTACKER = "198.51.100.66"
+OFFICE = "203.0.113.10"
 EVIL = "evil.example"
 
 
@@ -45,12 +49,66 @@ async def test_no_redirect_to_another_site_after_login(env: Env) -> None:
         assert response.headers["location"] == "/dashboard/"
 
 
-async def test_repeated_failed_logins_are_slowed_down(env: Env) -> None:
-    for _ in range(4):
-        assert (await login(env, password="sai")).status_code == 401  # noqa: S106 - wrong on purpose
-    throttled = await login(env)  # even the right password waits now
-    assert throttled.status_code == 429
-    assert "Đăng nhập sai quá nhiều lần" in throttled.text
+# -- failed logins ---------------------------------------------------------------------------------------
+
+
+async def test_an_attacker_cannot_lock_an_operator_out_by_their_name(env: Env) -> None:
+    """Before the fix, four wrong passwords on a name made the right one answer 429 from anywhere."""
+    async with env.client_at(ATTACKER) as attacker, env.client_at(OFFICE) as office:
+        for _ in range(4):
+            assert (await login(env, "sai", client=attacker)).status_code == 401
+        # The attacker's address waits now, whatever it sends: its passwords are not even checked.
+        for password in ("sai", PASSWORD):
+            refused = await login(env, password, client=attacker)
+            assert refused.status_code == 429
+            assert "Đăng nhập sai quá nhiều lần" in refused.text
+            assert refused.headers["retry-after"] in ("1", "2")
+        # The operator, at another address, logs in: one second slower (four failures on the name).
+        started = time.monotonic()
+        answer = await login(env, client=office)
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/dashboard/"
+        assert time.monotonic() - started >= 1.0
+        assert (await office.get("/dashboard/")).status_code == 200
+
+
+class FrozenTime:
+    """The throttle's clock and sleep: time stands still (every try comes at once, as in a burst) and
+    each wait of a slowed try is written down instead of waited."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return 1000.0
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_no_failures_from_elsewhere_make_the_right_password_fail(tmp_path: Path) -> None:
+    """30 addresses guess the operator's password until each is refused; the operator, between them,
+    logs in every time, slowed by 5 s at most."""
+    frozen = FrozenTime()
+    throttle = LoginThrottle(clock=frozen, sleep=frozen.sleep)
+    async with (
+        dashboard_env(f"sqlite+aiosqlite:///{tmp_path / 'bus.db'}", throttle=throttle) as env,
+        env.client_at(OFFICE) as office,
+    ):
+        for n in range(30):
+            async with env.client_at(f"198.51.100.{n}") as attacker:
+                answers = [(await login(env, f"đoán-{n}-{i}", client=attacker)).status_code for i in range(6)]
+            assert answers == [401, 401, 401, 401, 429, 429]
+            if n == 1:  # the name was failed 4 times, then each try on it waits twice as long, up to 5 s
+                assert frozen.slept == [1.0, 2.0, 4.0, 5.0]
+            if n % 10 == 9:
+                frozen.slept.clear()
+                office.cookies.clear()
+                answer = await login(env, client=office)
+                assert (answer.status_code, answer.headers["location"]) == (303, "/dashboard/")
+                assert frozen.slept == [5.0]
+        # Counted: the 30 attackers' addresses and the one name; the office's tries were taken back.
+        assert throttle.counters() == (30, 1)
 
 
 # -- redirects -------------------------------------------------------------------------------------------

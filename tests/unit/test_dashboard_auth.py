@@ -1,8 +1,9 @@
 """Operators of the dashboard: password hashes, the settings that carry them, the command that makes
-them, and the signed session cookie."""
+them, the signed session cookie, and the throttle of failed logins."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from adapters.dashboard.sessions import Operators, SessionCodec, SessionState
+from adapters.dashboard.throttle import LoginThrottle, ThrottlePolicy, client_key
 from bus.cli import main
 from bus.errors import ConfigError
 from bus.passwords import hash_password, parse_password_hash, verify_password
@@ -140,3 +142,105 @@ def test_a_session_cookie_is_signed_expires_and_dies_with_the_password() -> None
     assert not codec.csrf_ok(session, None)
     assert not codec.csrf_ok(session, session.csrf[:-1])
     assert codec.csrf_ok(session, session.csrf)
+
+
+# -- the throttle of failed logins (issue 10, item 8) ------------------------------------------------------
+
+
+class FakeTime:
+    """The throttle's monotonic clock and sleep: a slowed try's wait is written down, not waited."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def _throttle(policy: ThrottlePolicy | None = None) -> tuple[LoginThrottle, FakeTime]:
+    clock = FakeTime()
+    return LoginThrottle(policy, clock=clock, sleep=clock.sleep), clock
+
+
+@pytest.mark.asyncio
+async def test_an_address_that_keeps_failing_waits_2_4_8_up_to_300_s() -> None:
+    throttle, clock = _throttle()
+    for n in range(4):  # four failures on four names: the address is what counts
+        assert await throttle.admit(f"name-{n}", "198.51.100.7") == 0
+    waits = []
+    for _ in range(10):
+        wait = await throttle.admit("an", "198.51.100.7")
+        assert wait > 0
+        assert await throttle.admit("an", "198.51.100.7") == wait  # refused tries count for nothing
+        clock.now += wait - 1
+        assert throttle.refused_for("198.51.100.7") == 1
+        clock.now += 1
+        waits.append(wait)
+        assert await throttle.admit("an", "198.51.100.7") == 0  # admitted, and failed again
+    assert waits == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert throttle.refused_for("198.51.100.8") == 0  # another address is not touched
+
+
+@pytest.mark.asyncio
+async def test_a_name_under_attack_is_slowed_and_never_refused() -> None:
+    throttle, clock = _throttle()
+    for n in range(2000):  # 2000 addresses, one failure each (2**1996 would overflow a float)
+        assert await throttle.admit("an", f"10.0.{n // 256}.{n % 256}") == 0
+    assert clock.slept == [1.0, 2.0, 4.0] + [5.0] * 1993
+    clock.slept.clear()
+    assert await throttle.admit("an", "203.0.113.10") == 0  # the operator, from the office
+    throttle.succeeded("an", "203.0.113.10")
+    assert clock.slept == [5.0]
+    assert throttle.delay_s("binh") == 0.0  # another operator's name is not slowed
+
+
+@pytest.mark.asyncio
+async def test_a_right_password_takes_back_its_own_try_and_nothing_else() -> None:
+    throttle, _ = _throttle()
+    for _ in range(3):
+        await throttle.admit("an", "198.51.100.7")
+    await throttle.admit("an", "198.51.100.7")
+    throttle.succeeded("an", "198.51.100.7")  # the fourth try was right: three failures stay
+    assert throttle.refused_for("198.51.100.7") == 0
+    await throttle.admit("binh", "198.51.100.7")  # a fourth failure, on another name
+    assert throttle.refused_for("198.51.100.7") == 2
+
+
+@pytest.mark.asyncio
+async def test_concurrent_tries_are_counted_when_they_start() -> None:
+    """A burst sent before any answer came back: the fifth try from the address is refused already."""
+    throttle, _ = _throttle()
+    answers = await asyncio.gather(*(throttle.admit("an", "198.51.100.7") for _ in range(8)))
+    assert answers == [0, 0, 0, 0, 2, 2, 2, 2]
+
+
+@pytest.mark.asyncio
+async def test_counters_are_forgotten_after_a_quiet_hour_and_bounded() -> None:
+    throttle, clock = _throttle()
+    for n in range(8):
+        await throttle.admit("an", f"198.51.100.{n % 2}")
+    assert throttle.refused_for("198.51.100.0") > 0
+    assert throttle.delay_s("an") > 0
+    clock.now += 3599
+    assert throttle.refused_for("198.51.100.0") == 0  # its waits are over, its failures still count
+    assert throttle.delay_s("an") > 0
+    clock.now += 2
+    assert throttle.refused_for("198.51.100.0") == 0
+    assert throttle.delay_s("an") == 0.0
+    assert throttle.counters() == (0, 0)
+    small, _ = _throttle(ThrottlePolicy(max_entries=100))
+    for n in range(1000):  # a spray of made-up names from many addresses
+        await small.admit(f"made-up-{n}" * 1000, f"10.0.{n // 256}.{n % 256}")
+    assert small.counters() == (100, 100)
+
+
+def test_an_ipv6_client_is_counted_by_its_64() -> None:
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::2") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert client_key("198.51.100.7") == "198.51.100.7"
+    assert client_key(None) == "-"
