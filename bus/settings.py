@@ -32,6 +32,7 @@ __all__ = [
     "DashboardSettings",
     "DatabaseSettings",
     "HttpSettings",
+    "IntakeSettings",
     "NationalAxisSettings",
     "Operator",
     "Settings",
@@ -70,6 +71,15 @@ class HttpSettings(_Section):
     # On SIGTERM /readyz answers 503 at once, and the API keeps serving this long before it stops, so
     # that a load balancer checking readiness moves traffic away first. Set it to its check interval.
     drain_s: float = 5.0
+
+
+class IntakeSettings(_Section):
+    """What one envelope may ask of the axis."""
+
+    # Recipients (To) per document: each is a copy to store and deliver, so this bounds what one
+    # request can make the axis do. A province has some hundreds of agencies; address a district or
+    # the province as a unit instead of listing thousands of codes.
+    max_recipients: int = Field(default=500, ge=1, le=100_000)
 
 
 class NationalAxisSettings(_Section):
@@ -204,6 +214,7 @@ class Settings(BaseSettings):
     amqp: AmqpSettings = AmqpSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
+    intake: IntakeSettings = IntakeSettings()
     national_axis: NationalAxisSettings = NationalAxisSettings()
     dashboard: DashboardSettings = DashboardSettings()
     revocation: RevocationSettings = RevocationSettings()

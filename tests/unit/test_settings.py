@@ -95,3 +95,15 @@ def test_demo_secrets_are_refused_when_listening_beyond_this_machine(monkeypatch
     monkeypatch.setenv("BUS_HTTP__HOST", "0.0.0.0")  # noqa: S104 - the case under test
     with pytest.raises(ConfigError, match="published demo value"):
         load_settings(EXAMPLE)
+
+
+def test_recipients_per_envelope_are_capped_by_default_and_configurable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(EXAMPLE).intake.max_recipients == 500
+    monkeypatch.setenv("BUS_INTAKE__MAX_RECIPIENTS", "40")
+    settings = load_settings(EXAMPLE)
+    assert settings.intake.max_recipients == 40
+    monkeypatch.setenv("BUS_INTAKE__MAX_RECIPIENTS", "0")
+    with pytest.raises(ConfigError, match=r"intake\.max_recipients"):
+        load_settings(EXAMPLE)
