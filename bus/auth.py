@@ -21,24 +21,41 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_AGENCY_CHARS",
     "SCHEME",
+    "SIGNING_HEADERS",
     "AuthError",
     "SignedHeaders",
     "body_digest",
     "canonical_request",
+    "read_headers",
     "sign_request",
     "signature",
     "verify_request",
 ]
 
 SCHEME = "BUS-HMAC-SHA256"
-_HEADERS = ("x-bus-agency", "x-bus-timestamp", "x-bus-nonce", "x-bus-content-sha256", "authorization")
+SIGNING_HEADERS = ("x-bus-agency", "x-bus-timestamp", "x-bus-nonce", "x-bus-content-sha256", "authorization")
+
+# Every signing header is checked for its length and its alphabet before anything parses it, so that
+# no header value can make the check itself fail (issue 10 item 3: an X-Bus-Timestamp of 310 digits
+# overflowed a float in the clock comparison, a 500 before authentication; a non-ASCII signature made
+# hmac.compare_digest raise TypeError). The patterns are anchored and bounded: they are linear in the
+# (already bounded, see docs/http-api.md "Limits") header length.
+MAX_AGENCY_CHARS = 32  # an OrganId is 13 characters (000.00.01.H99); room for a longer future form
+_AGENCY = re.compile(rf"[0-9A-Za-z.]{{1,{MAX_AGENCY_CHARS}}}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds: 10 digits until the year 2286
+_NONCE = re.compile(r"[0-9A-Za-z]{16,64}")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_AUTHORIZATION = re.compile(SCHEME + r" Signature=([0-9a-fA-F]{64})")
+_ECHO_CHARS = 40  # at most this much of a refused value is quoted back in an error message
 
 
 class AuthError(Exception):
@@ -99,27 +116,45 @@ def sign_request(
 
 
 def read_headers(headers: Mapping[str, str]) -> SignedHeaders:
-    """The signing headers of a request, or :class:`AuthError` naming the one that is missing or bad."""
-    missing = [name for name in _HEADERS if not headers.get(name)]
+    """The signing headers of a request, or :class:`AuthError` naming the one that is missing or bad.
+
+    Each value must match its pattern whole (see ``_AGENCY`` and the others above): nothing else is
+    converted, so no value can raise anything but :class:`AuthError`."""
+    missing = [name for name in SIGNING_HEADERS if not headers.get(name)]
     if missing:
         raise AuthError("unauthenticated", f"missing header(s): {', '.join(missing)}")
-    scheme, _, value = headers["authorization"].partition(" ")
-    if scheme != SCHEME or not value.startswith("Signature="):
-        raise AuthError("bad-authorization", f"Authorization must be '{SCHEME} Signature=<hex>'")
-    try:
-        timestamp = int(headers["x-bus-timestamp"])
-    except ValueError:
-        raise AuthError("bad-timestamp", "X-Bus-Timestamp must be Unix seconds") from None
+    authorization = _AUTHORIZATION.fullmatch(headers["authorization"])
+    if authorization is None:
+        raise AuthError("bad-authorization", f"Authorization must be '{SCHEME} Signature=<64 hex digits>'")
+    agency = headers["x-bus-agency"]
+    if _AGENCY.fullmatch(agency) is None:
+        raise AuthError(
+            "unknown-agency",
+            f"X-Bus-Agency {_echo(agency)} is no OrganId (at most {MAX_AGENCY_CHARS} ASCII letters, "
+            "digits and dots)",
+        )
+    if _TIMESTAMP.fullmatch(headers["x-bus-timestamp"]) is None:
+        raise AuthError("bad-timestamp", "X-Bus-Timestamp must be Unix seconds (1 to 12 ASCII digits)")
     nonce = headers["x-bus-nonce"]
-    if not 16 <= len(nonce) <= 64 or not nonce.isascii() or not nonce.isalnum():
+    if _NONCE.fullmatch(nonce) is None:
         raise AuthError("bad-nonce", "X-Bus-Nonce must be 16 to 64 ASCII letters or digits")
+    content_sha256 = headers["x-bus-content-sha256"]
+    if _HEX_SHA256.fullmatch(content_sha256) is None:
+        raise AuthError(
+            "bad-content-sha256", "X-Bus-Content-SHA256 must be the body's SHA-256 as 64 hex digits"
+        )
     return SignedHeaders(
-        agency=headers["x-bus-agency"],
-        timestamp=timestamp,
+        agency=agency,
+        timestamp=int(headers["x-bus-timestamp"]),
         nonce=nonce,
-        content_sha256=headers["x-bus-content-sha256"].lower(),
-        signature=value.removeprefix("Signature=").lower(),
+        content_sha256=content_sha256.lower(),
+        signature=authorization.group(1).lower(),
     )
+
+
+def _echo(value: str) -> str:
+    """*value* quoted for an error message, cut short: a refused header is not copied back whole."""
+    return repr(value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "…")
 
 
 def verify_request(
@@ -127,16 +162,21 @@ def verify_request(
 ) -> None:
     """Check the timestamp window and the HMAC (constant-time). The body digest is checked by the
     caller once the body is read (it streams); replays by the caller's nonce store."""
-    if abs(now - signed.timestamp) > skew_s:
+    # In integers: a float of a huge timestamp overflows (SignedHeaders may be built by other code
+    # than read_headers, which bounds it).
+    drift = int(now) - signed.timestamp
+    if abs(drift) > skew_s:
         raise AuthError(
             "stale-request",
-            f"X-Bus-Timestamp is {int(now - signed.timestamp)} s from the server's clock; "
+            f"X-Bus-Timestamp is {drift} s from the server's clock; "
             f"at most {skew_s} s are allowed (check the client's clock)",
         )
     canonical = canonical_request(
         method, target, signed.timestamp, signed.nonce, signed.agency, signed.content_sha256
     )
-    if not hmac.compare_digest(signature(secret, canonical), signed.signature):
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters.
+    expected = signature(secret, canonical).encode("ascii")
+    if not hmac.compare_digest(expected, signed.signature.encode("utf-8", "replace")):
         raise AuthError(
             "bad-signature", "the request signature does not match (wrong secret or altered request)"
         )
