@@ -5,9 +5,13 @@ only as itself and reads only its own inbox. Errors are JSON::
 
     {"error": {"code": "invalid-envelope", "message": "...", "problems": [...]}}
 
-with 400 (every validation problem at once), 401 (not authenticated), 403 (not allowed), 404, 409
-(duplicate, with the earlier bus id), 413 (body too large), 415, 503 (broker unavailable: retry).
-"202 Accepted" is answered only after RabbitMQ confirmed every delivery of the envelope.
+with 400 (every validation problem at once), 401 (not authenticated), 403 (not allowed), 404, 405 (with
+``Allow``), 409 (duplicate, with the earlier bus id), 413 (body too large), 415, 503 (broker unavailable:
+retry). "202 Accepted" is answered only after RabbitMQ confirmed every delivery of the envelope.
+
+Every header and parameter the API reads is bounded and parsed whole before use (issue 10 item 3): a
+bad one is a 401 (signing headers) or a 400, never an exception. A document that is not yours looks
+exactly like one that does not exist (404, issue 10 item 6): bus ids can be computed by anyone.
 
 Outside ``/v1``, unsigned, for the data centre: ``/healthz``, ``/readyz`` (:mod:`adapters.http.health`)
 and ``/metrics`` (:mod:`adapters.http.metrics`).
@@ -17,25 +21,42 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from adapters.http.health import Readiness, database_check
+from adapters.http.limits import (
+    INBOX_PAGE_DEFAULT,
+    INBOX_PAGE_MAX,
+    MAX_ID,
+    MAX_REASON_CHARS,
+    MAX_SMALL_BODY_BYTES,
+    SENT_PAGE_DEFAULT,
+    SENT_PAGE_MAX,
+)
 from adapters.http.metrics import CONTENT_TYPE, NodeMetrics
 from adapters.http.openapi import openapi_document
 from adapters.http.payloads import agencies_json, item_json, sent_json, timeline_json
+from adapters.http.reading import (
+    ApiError,
+    bounded_int,
+    echo,
+    error_response,
+    json_object,
+    media_type,
+    read_body,
+    request_target,
+)
 from adapters.store.store import StatusStore
-from bus.auth import AuthError, body_digest, read_headers, verify_request
+from bus.auth import SIGNING_HEADERS, AuthError, body_digest, read_headers, verify_request
 from bus.delivery import DeliveryState
 from bus.errors import (
     BrokerError,
@@ -73,49 +94,20 @@ class ApiContext:
     readiness: Readiness = field(default_factory=Readiness)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-        super().__init__(message)
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers=headers)
-
-
-def _target(request: Request) -> str:
-    """The request target as the client sent it (raw path and query), which the signature covers."""
-    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode("utf-8")
-    query: bytes = request.scope.get("query_string", b"")
-    return (raw_path + (b"?" + query if query else b"")).decode("latin-1")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too-large", f"the body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "too-large", f"the body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client-disconnected", "the client went away before the body arrived") from None
-    return b"".join(chunks)
-
-
 class _Api:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    async def authenticate(self, request: Request) -> tuple[OrganId, bytes]:
-        """The authenticated agency and the request body (read within the size limit)."""
+    async def authenticate(
+        self, request: Request, body_limit: int = MAX_SMALL_BODY_BYTES
+    ) -> tuple[OrganId, bytes]:
+        """The authenticated agency and the request body (read within *body_limit*)."""
         ctx = self.ctx
         try:
+            repeated = [name for name in SIGNING_HEADERS if len(request.headers.getlist(name)) > 1]
+            if repeated:
+                # Two values of a signed header: which one was signed depends on who reads it.
+                raise AuthError("duplicate-header", f"header(s) sent more than once: {', '.join(repeated)}")
             signed = read_headers(request.headers)
             try:
                 organ = OrganId.parse(signed.agency)
@@ -129,8 +121,9 @@ class _Api:
                     f"{signed.agency} has no API access on this axis (sign with the agency's current code)",
                 )
             now = ctx.clock()
-            verify_request(signed, secret, request.method, _target(request), now=now, skew_s=ctx.clock_skew_s)
-            body = await _read_body(request, ctx.max_body_bytes)
+            target = request_target(request)
+            verify_request(signed, secret, request.method, target, now=now, skew_s=ctx.clock_skew_s)
+            body = await read_body(request, body_limit)
             if body_digest(body) != signed.content_sha256:
                 raise AuthError("body-digest-mismatch", "X-Bus-Content-SHA256 is not the SHA-256 of the body")
             first = await ctx.store.remember_nonce(
@@ -174,12 +167,14 @@ class _Api:
             raise
 
     async def _send(self, request: Request) -> Response:
-        content_type = request.headers.get("content-type", "application/xml").split(";")[0].strip()
+        content_type = media_type(request, "application/xml")
         if content_type not in _XML_TYPES:
             raise ApiError(
-                415, "unsupported-media-type", f"send the envelope as application/xml, not {content_type}"
+                415,
+                "unsupported-media-type",
+                f"send the envelope as application/xml, not {echo(content_type)}",
             )
-        sender, body = await self.authenticate(request)
+        sender, body = await self.authenticate(request, self.ctx.max_body_bytes)
         started = time.perf_counter()
         try:
             accepted = await self.ctx.intake.accept(body, sender=sender)
@@ -235,16 +230,20 @@ class _Api:
     async def inbox(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
         params = request.query_params
-        after = _bounded(params.get("after", "0"), "after", 0, _MAX_ID)
-        limit = _bounded(params.get("limit", "100"), "limit", 1, 1000)
-        pending = params.get("pending", "true").lower() not in ("false", "0", "no")
+        after = bounded_int(params.get("after", "0"), "after", 0, MAX_ID)
+        limit = bounded_int(params.get("limit", str(INBOX_PAGE_DEFAULT)), "limit", 1, INBOX_PAGE_MAX)
+        pending_text = params.get("pending", "true")
+        if pending_text not in ("true", "false"):
+            raise ApiError(400, "bad-parameter", "pending must be true or false")
+        pending = pending_text == "true"
         items = await self.ctx.store.inbox(str(agency), pending_only=pending, after=after, limit=limit)
         return JSONResponse({"items": [item_json(i) for i in items]})
 
     def _item_id(self, request: Request) -> int:
         raw = request.path_params["item_id"]
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > _MAX_ID:
-            raise ApiError(404, "not-found", f"no envelope {raw!r}")
+        # Length first: int() of more than 4,300 digits raises ValueError.
+        if not (len(raw) <= len(str(MAX_ID)) and raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+            raise ApiError(404, "not-found", f"no envelope {echo(raw)}")
         return int(raw)
 
     async def fetch(self, request: Request) -> Response:
@@ -282,15 +281,19 @@ class _Api:
         agency, body = await self.authenticate(request)
         item_id = self._item_id(request)
         try:
-            payload = _json_object(body)
+            payload = json_object(body)
             state = _ACKS[str(payload.get("state"))]
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, RecursionError):  # RecursionError: JSON nested too deep
             raise ApiError(
                 400, "bad-acknowledgement", 'send {"state": "processing" | "done" | "fail", "reason": "..."}'
             ) from None
         reason = payload.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise ApiError(400, "bad-acknowledgement", "reason must be text")
+        if reason is not None and len(reason) > MAX_REASON_CHARS:
+            raise ApiError(
+                400, "bad-acknowledgement", f"reason has {len(reason)} characters; at most {MAX_REASON_CHARS}"
+            )
         if state is DeliveryState.FAIL and not reason:
             raise ApiError(400, "bad-acknowledgement", "a 'fail' acknowledgement needs a reason")
         now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
@@ -314,10 +317,12 @@ class _Api:
 
     async def sent(self, request: Request) -> Response:
         agency, _ = await self.authenticate(request)
-        limit = _bounded(request.query_params.get("limit", "50"), "limit", 1, 500)
+        params = request.query_params
+        limit = bounded_int(params.get("limit", str(SENT_PAGE_DEFAULT)), "limit", 1, SENT_PAGE_MAX)
         before_text = request.query_params.get("before")
         try:
-            before = dt.datetime.fromisoformat(before_text) if before_text else None
+            # Present but empty is a bad value too, not "no value" (the fuzzer's find).
+            before = dt.datetime.fromisoformat(before_text) if before_text is not None else None
         except ValueError:
             raise ApiError(400, "bad-parameter", "before must be an ISO 8601 time with its offset") from None
         if before is not None and before.tzinfo is None:
@@ -328,16 +333,17 @@ class _Api:
         return JSONResponse({"documents": [sent_json(doc, rows) for doc, rows in documents]})
 
     async def document(self, request: Request) -> Response:
+        """Only for the document's sender and recipients. Anyone can compute a bus id (uuid5 of the
+        sender, type and DocumentId), so for everyone else a document that exists answers exactly as
+        one that does not: the same 404 and body, after the same two queries (issue 10 item 6)."""
         agency, _ = await self.authenticate(request)
         bus_id = request.path_params["bus_id"]
         doc = await self.ctx.store.document(bus_id)
-        if doc is None:
-            raise ApiError(404, "not-found", f"no document {bus_id}")
         rows = await self.ctx.store.deliveries(bus_id)
         mine = self.ctx.topology.agency(agency)
         codes = {str(agency), *(str(a) for a in (mine.aliases if mine else ()))}
-        if doc.sender != str(agency) and not codes & {r.recipient for r in rows}:
-            raise ApiError(403, "forbidden", f"{agency} neither sent nor received document {bus_id}")
+        if doc is None or (doc.sender not in codes and not codes & {r.recipient for r in rows}):
+            raise ApiError(404, "not-found", f"no document {echo(bus_id)} sent or received by {agency}")
         timeline = await self.ctx.store.timeline(bus_id)
         return JSONResponse({**sent_json(doc, rows), "timeline": timeline_json(timeline)})
 
@@ -361,33 +367,18 @@ class _Api:
         return Response(body, 200, media_type=CONTENT_TYPE)
 
 
-_MAX_ID = 2**62
-
-
-def _bounded(text: str, name: str, low: int, high: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
-        raise ApiError(400, "bad-parameter", f"{name} must be an integer from {low} to {high}")
-    return int(text)
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    value = json.loads(body.decode("utf-8")) if body else {}
-    if not isinstance(value, dict):
-        raise ValueError("not an object")
-    return value
-
-
 def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         try:
             return await handler(request)
         except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message, **exc.extra)
+            return error_response(exc.status, exc.code, exc.message, **exc.extra)
         except HTTPException:
             raise
         except Exception:
             log.exception("api.internal_error", path=request.url.path, method=request.method)
-            return _error(500, "internal", "internal error; the request had no effect unless a 202 was sent")
+            message = "internal error; the request had no effect unless a 202 was sent"
+            return error_response(500, "internal", message)
 
     return run
 
@@ -411,7 +402,13 @@ def create_app(ctx: ApiContext) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         code = {404: "not-found", 405: "method-not-allowed"}.get(status, "http-error")
-        return _error(status, code, f"{request.method} {request.url.path}: {getattr(exc, 'detail', '')}")
+        response = error_response(
+            status, code, f"{echo(request.method)} {echo(request.url.path)}: {getattr(exc, 'detail', '')}"
+        )
+        # A 405 names the methods the resource has (RFC 9110 section 15.5.6): Starlette puts them in
+        # the exception's Allow header.
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     app.state.ctx = ctx

@@ -1,34 +1,308 @@
 """The published OpenAPI 3.1 document of the agency API (served at ``/v1/openapi.json``).
 
-Written out rather than generated: the API's contract is what agencies code against, and a test
-checks that every route of the app is described here and nothing more.
+Written out rather than generated: the API's contract is what agencies code against. A test checks that
+every route of the app is described here and nothing more, and a fuzzer (schemathesis, in
+tests/integration/test_api_fuzz.py) sends signed requests built from this document to a real node and
+fails on any answer it does not describe: status, content type, body or headers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from adapters.http.limits import (
+    INBOX_PAGE_DEFAULT,
+    INBOX_PAGE_MAX,
+    MAX_ID,
+    MAX_SMALL_BODY_BYTES,
+    SENT_PAGE_DEFAULT,
+    SENT_PAGE_MAX,
+)
+from adapters.http.openapi_schemas import SCHEMAS
+
 __all__ = ["openapi_document"]
 
 _SIGNED: list[dict[str, list[str]]] = [{"busHmac": []}]
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def _error(description: str) -> dict[str, Any]:
+    return _json(description, _ref("Error"))
+
+
+def _query_integer(name: str, low: int, high: int, default: int, description: str) -> dict[str, Any]:
     return {
+        "name": name,
+        "in": "query",
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "schema": {"type": "integer", "minimum": low, "maximum": high, "default": default},
     }
 
 
-def _json(description: str, ref: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+_ITEM_ID = {
+    "name": "item_id",
+    "in": "path",
+    "required": True,
+    "description": "the inbox item's id (`id` of GET /v1/inbox); anything else is a 404",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+}
+
+# What any signed request may be answered besides its own outcomes.
+_SIGNED_ERRORS = {
+    "400": _error(
+        "bad-parameter (a query parameter out of its documented range), bad-header (Content-Length or "
+        "Content-Type malformed)"
+    ),
+    "401": _error(
+        "not authenticated: a signing header missing, malformed, repeated or over its bound; bad "
+        "signature; stale timestamp; replay"
+    ),
+    "413": _error(f"body too large (any body but an envelope's: over {MAX_SMALL_BODY_BYTES} bytes)"),
+}
+
+_DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": _DIGITS}}
 
 
-def _path_param(name: str, kind: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+def _page(key: str, item: dict[str, Any], description: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": [key], "properties": {key: {"type": "array", "items": item}}}
+    return _json(description, schema)
 
 
-_AUTH_ERRORS = {"401": _error("not authenticated: missing or bad signature, stale timestamp, replay")}
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/envelopes": {
+            "post": {
+                "operationId": "send",
+                "summary": "Send an envelope (document or status message) as your agency",
+                "requestBody": {
+                    "required": True,
+                    "description": "an edXML envelope (QCVN 102:2016): schema and business checks apply",
+                    "content": {"application/xml": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "202": {
+                        **_json("accepted: durable in RabbitMQ for every recipient", _ref("Accepted")),
+                        "links": {
+                            "document": {
+                                "operationId": "document",
+                                "parameters": {"bus_id": "$response.body#/bus_id"},
+                            }
+                        },
+                    },
+                    **_SIGNED_ERRORS,
+                    "400": _error(
+                        "invalid: malformed or hostile XML, schema or business checks, signature; "
+                        "or a bad Content-Length/Content-Type header"
+                    ),
+                    "403": _error("From/OrganId or the signer is not your agency"),
+                    "409": _error("duplicate of an accepted envelope (same sender, DocumentId, type)"),
+                    "413": _error("body over http.max_body_bytes"),
+                    "415": _error("not XML"),
+                    "503": {
+                        **_error(
+                            "NOT accepted, retry later: broker-unavailable, or outcome-unknown (send the "
+                            "same envelope again)"
+                        ),
+                        "headers": _RETRY_AFTER,
+                    },
+                },
+            }
+        },
+        "/v1/inbox": {
+            "get": {
+                "operationId": "inbox",
+                "summary": "List envelopes received by your agency, oldest first",
+                "parameters": [
+                    {
+                        "name": "pending",
+                        "in": "query",
+                        "description": "true: only those not yet acknowledged done or fail",
+                        "schema": {"type": "boolean", "default": True},
+                    },
+                    _query_integer("after", 0, MAX_ID, 0, "only items with a larger id (paging)"),
+                    _query_integer("limit", 1, INBOX_PAGE_MAX, INBOX_PAGE_DEFAULT, "items per page"),
+                ],
+                "responses": {
+                    "200": {
+                        **_page("items", _ref("InboxItem"), "inbox page"),
+                        "links": {
+                            "fetch": {
+                                "operationId": "fetch",
+                                "parameters": {"item_id": "$response.body#/items/0/id"},
+                            },
+                            "acknowledge": {
+                                "operationId": "acknowledge",
+                                "parameters": {"item_id": "$response.body#/items/0/id"},
+                            },
+                        },
+                    },
+                    **_SIGNED_ERRORS,
+                },
+            }
+        },
+        "/v1/inbox/{item_id}": {
+            "get": {
+                "operationId": "fetch",
+                "summary": "Fetch one envelope (as delivered: with trace headers and signatures)",
+                "parameters": [_ITEM_ID],
+                "responses": {
+                    "200": {
+                        "description": "the envelope",
+                        "content": {"application/xml": {"schema": {"type": "string"}}},
+                        "headers": {
+                            name: {"required": True, "description": description, "schema": schema}
+                            for name, description, schema in [
+                                ("X-Bus-Id", "the bus id", {"type": "string"}),
+                                ("X-Bus-Inbox-Id", "this item's id", _DIGITS),
+                                ("X-Bus-Sender", "the sender's OrganId", {"type": "string"}),
+                                ("X-Bus-Kind", "document or status", {"enum": ["document", "status"]}),
+                            ]
+                        },
+                    },
+                    **_SIGNED_ERRORS,
+                    "404": _error("not in your inbox (another agency's item looks the same)"),
+                },
+            }
+        },
+        "/v1/inbox/{item_id}/ack": {
+            "post": {
+                "operationId": "acknowledge",
+                "summary": "Acknowledge an envelope: processing, done or fail (with a reason)",
+                "parameters": [_ITEM_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Acknowledgement")}},
+                },
+                "responses": {
+                    "200": _json("acknowledged", _ref("InboxItem")),
+                    **_SIGNED_ERRORS,
+                    "400": _error(
+                        "bad-acknowledgement (not the documented object, a 'fail' without a reason, a "
+                        "reason too long), or a bad Content-Length/Content-Type header"
+                    ),
+                    "404": _error("not in your inbox (another agency's item looks the same)"),
+                    "409": _error("already-final: acknowledged done or fail before; it cannot reopen"),
+                },
+            }
+        },
+        "/v1/sent": {
+            "get": {
+                "operationId": "sent",
+                "summary": "Documents your agency sent, newest first, with each recipient's state",
+                "parameters": [
+                    _query_integer("limit", 1, SENT_PAGE_MAX, SENT_PAGE_DEFAULT, "documents per page"),
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "description": "only documents accepted before this time (with its offset)",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        **_page("documents", _ref("Sent"), "sent documents"),
+                        "links": {
+                            "document": {
+                                "operationId": "document",
+                                "parameters": {"bus_id": "$response.body#/documents/0/bus_id"},
+                            }
+                        },
+                    },
+                    **_SIGNED_ERRORS,
+                },
+            }
+        },
+        "/v1/documents/{bus_id}": {
+            "get": {
+                "operationId": "document",
+                "summary": "One document: per-recipient state and timeline (its sender or recipients)",
+                "parameters": [
+                    {"name": "bus_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _json("the document", _ref("Document")),
+                    **_SIGNED_ERRORS,
+                    "404": _error(
+                        "no such document, or one you neither sent nor received: the two answers are "
+                        "the same, since anyone can compute a bus id"
+                    ),
+                },
+            }
+        },
+        "/v1/agencies": {
+            "get": {
+                "operationId": "agencies",
+                "summary": "Agencies of this province's axis (codes, names, levels, former codes)",
+                "responses": {"200": _json("the agencies", _ref("Agencies")), **_SIGNED_ERRORS},
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        "ok",
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Ready for traffic: broker connected, database answering (load balancers)",
+                "description": (
+                    "Not signed; reachable from the load balancer and monitoring only. Each check has "
+                    "a 2 s limit. The national axis, when configured, reports 'degraded' while its "
+                    "circuit is open and the node stays ready: local exchange goes on."
+                ),
+                "security": [],
+                "responses": {
+                    "200": _json("ready", _ref("Readiness")),
+                    "503": _json("not ready: see the failed checks", _ref("Readiness")),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text exposition format 0.0.4)",
+                "description": (
+                    "Not signed; for the data centre's Prometheus: firewall it from agencies. "
+                    "Metric names and labels: adapters/http/metrics.py."
+                ),
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -40,7 +314,10 @@ def openapi_document() -> dict[str, Any]:
             "description": (
                 "Push edXML envelopes (documents and status messages) and pull your inbox. Every "
                 "request is signed with your agency's shared secret: see docs/http-api.md for the "
-                "canonical string and a worked example. Times are UTC (ISO 8601)."
+                "canonical string and a worked example. Times are UTC (ISO 8601). Any request may "
+                "also be answered 431 (request line and headers over http.max_header_bytes, or more "
+                "than http.max_headers header fields; the connection is then closed) and any path 405 "
+                "with an Allow header for a method it does not have."
             ),
         },
         "components": {
@@ -56,304 +333,8 @@ def openapi_document() -> dict[str, Any]:
                     ),
                 }
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {
-                            "type": "object",
-                            "required": ["code", "message"],
-                            "properties": {
-                                "code": {"type": "string", "examples": ["invalid-envelope", "duplicate"]},
-                                "message": {"type": "string"},
-                                "bus_id": {"type": "string", "description": "409: the earlier acceptance"},
-                                "problems": {
-                                    "type": "array",
-                                    "description": "400 invalid-envelope: every problem found",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "code": {"type": "string"},
-                                            "path": {"type": "string"},
-                                            "message": {"type": "string"},
-                                            "line": {"type": ["integer", "null"]},
-                                        },
-                                    },
-                                },
-                            },
-                        }
-                    },
-                },
-                "Accepted": {
-                    "type": "object",
-                    "required": ["bus_id", "document_id", "recipients"],
-                    "properties": {
-                        "bus_id": {"type": "string", "format": "uuid"},
-                        "document_id": {"type": "string"},
-                        "recipients": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "organ_id": {"type": "string"},
-                                    "route": {"enum": ["local", "outbound"]},
-                                },
-                            },
-                        },
-                    },
-                },
-                "InboxItem": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "bus_id": {"type": "string"},
-                        "sender": {"type": "string"},
-                        "kind": {"enum": ["document", "status"]},
-                        "document_id": {"type": "string"},
-                        "addressed_to": {"type": "string"},
-                        "received_at": {"type": "string", "format": "date-time"},
-                        "fetched_at": {"type": ["string", "null"], "format": "date-time"},
-                        "ack_state": {"enum": [None, "processing", "done", "fail"]},
-                        "acked_at": {"type": ["string", "null"], "format": "date-time"},
-                    },
-                },
-                "Readiness": {
-                    "type": "object",
-                    "required": ["ready", "checks"],
-                    "properties": {
-                        "ready": {"type": "boolean"},
-                        "checks": {
-                            "type": "object",
-                            "description": "database, broker, national_axis, node (when stopping)",
-                            "additionalProperties": {
-                                "type": "object",
-                                "required": ["status"],
-                                "properties": {
-                                    "status": {"enum": ["ok", "degraded", "failed"]},
-                                    "detail": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
-                "Document": {
-                    "type": "object",
-                    "properties": {
-                        "bus_id": {"type": "string"},
-                        "kind": {"enum": ["document", "status"]},
-                        "sender": {"type": "string"},
-                        "document_id": {"type": "string"},
-                        "business_type": {"type": "integer"},
-                        "code": {"type": ["string", "null"]},
-                        "subject": {"type": ["string", "null"]},
-                        "accepted_at": {"type": "string", "format": "date-time"},
-                        "recipients": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "organ_id": {"type": "string"},
-                                    "route": {"type": "string"},
-                                    "state": {"type": "string"},
-                                    "label": {"type": "string", "description": "Vietnamese label"},
-                                    "business_status": {"type": ["string", "null"]},
-                                    "updated_at": {"type": "string", "format": "date-time"},
-                                },
-                            },
-                        },
-                        "timeline": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-            },
+            "schemas": SCHEMAS,
         },
         "security": _SIGNED,
-        "paths": {
-            "/v1/envelopes": {
-                "post": {
-                    "summary": "Send an envelope (document or status message) as your agency",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/xml": {"schema": {"type": "string"}}},
-                    },
-                    "responses": {
-                        "202": _json(
-                            "accepted: durable in RabbitMQ for every recipient",
-                            "#/components/schemas/Accepted",
-                        ),
-                        "400": _error(
-                            "invalid: malformed or hostile XML, schema or business checks, signature"
-                        ),
-                        **_AUTH_ERRORS,
-                        "403": _error("From/OrganId or the signer is not your agency"),
-                        "409": _error("duplicate of an accepted envelope (same sender, DocumentId, type)"),
-                        "413": _error("body too large"),
-                        "415": _error("not XML"),
-                        "503": _error("broker unavailable: NOT accepted, retry later (Retry-After)"),
-                    },
-                }
-            },
-            "/v1/inbox": {
-                "get": {
-                    "summary": "List envelopes received by your agency, oldest first",
-                    "parameters": [
-                        {"name": "pending", "in": "query", "schema": {"type": "boolean", "default": True}},
-                        {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100}},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "inbox page",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "items": {
-                                                "type": "array",
-                                                "items": {"$ref": "#/components/schemas/InboxItem"},
-                                            }
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_AUTH_ERRORS,
-                    },
-                }
-            },
-            "/v1/inbox/{item_id}": {
-                "get": {
-                    "summary": "Fetch one envelope (as delivered: with trace headers and signatures)",
-                    "parameters": [_path_param("item_id", "integer")],
-                    "responses": {
-                        "200": {"description": "the envelope", "content": {"application/xml": {}}},
-                        **_AUTH_ERRORS,
-                        "404": _error("not in your inbox"),
-                    },
-                }
-            },
-            "/v1/inbox/{item_id}/ack": {
-                "post": {
-                    "summary": "Acknowledge an envelope: processing, done or fail (with a reason)",
-                    "parameters": [_path_param("item_id", "integer")],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["state"],
-                                    "properties": {
-                                        "state": {"enum": ["processing", "done", "fail"]},
-                                        "reason": {"type": "string"},
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json("acknowledged", "#/components/schemas/InboxItem"),
-                        "400": _error("bad acknowledgement"),
-                        **_AUTH_ERRORS,
-                        "404": _error("not in your inbox"),
-                    },
-                }
-            },
-            "/v1/sent": {
-                "get": {
-                    "summary": "Documents your agency sent, newest first, with each recipient's state",
-                    "parameters": [
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50}},
-                        {
-                            "name": "before",
-                            "in": "query",
-                            "schema": {"type": "string", "format": "date-time"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "sent documents",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "documents": {
-                                                "type": "array",
-                                                "items": {"$ref": "#/components/schemas/Document"},
-                                            }
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_AUTH_ERRORS,
-                    },
-                }
-            },
-            "/v1/documents/{bus_id}": {
-                "get": {
-                    "summary": "One document: per-recipient state and timeline (sender or recipients)",
-                    "parameters": [_path_param("bus_id", "string")],
-                    "responses": {
-                        "200": _json("the document", "#/components/schemas/Document"),
-                        **_AUTH_ERRORS,
-                        "403": _error("you neither sent nor received it"),
-                        "404": _error("unknown bus id"),
-                    },
-                }
-            },
-            "/v1/agencies": {
-                "get": {
-                    "summary": "Agencies of this province's axis (codes, names, levels, former codes)",
-                    "responses": {"200": {"description": "the agencies"}, **_AUTH_ERRORS},
-                }
-            },
-            "/v1/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {"200": {"description": "OpenAPI"}},
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "The process is alive",
-                    "security": [],
-                    "responses": {"200": {"description": "ok"}},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Ready for traffic: broker connected, database answering (load balancers)",
-                    "description": (
-                        "Not signed; reachable from the load balancer and monitoring only. Each check has "
-                        "a 2 s limit. The national axis, when configured, reports 'degraded' while its "
-                        "circuit is open and the node stays ready: local exchange goes on."
-                    ),
-                    "security": [],
-                    "responses": {
-                        "200": _json("ready", "#/components/schemas/Readiness"),
-                        "503": _json("not ready: see the failed checks", "#/components/schemas/Readiness"),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics (text exposition format 0.0.4)",
-                    "description": (
-                        "Not signed; for the data centre's Prometheus: firewall it from agencies. "
-                        "Metric names and labels: adapters/http/metrics.py."
-                    ),
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-        },
+        "paths": _paths(),
     }

@@ -4,9 +4,12 @@ inbox worker consuming; HTTP is driven in-process through the ASGI interface."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -223,7 +226,7 @@ async def test_agencies_read_only_their_own(client_for: ClientFor) -> None:
     assert caught.value.status == 404
     with pytest.raises(ApiFailure) as caught:
         await commune.document(accepted["bus_id"])
-    assert caught.value.status == 403
+    assert caught.value.status == 404  # not 403: see test_a_document_of_others_looks_missing
     assert (await district.document(accepted["bus_id"]))["sender"] == HOME_AFFAIRS
     with pytest.raises(ApiFailure) as caught:
         await district.acknowledge(int(item["id"]), "fail")  # type: ignore[call-overload]
@@ -253,3 +256,101 @@ async def test_openapi_describes_every_route(node: Node) -> None:
         if method != "HEAD"
     }
     assert documented == served
+
+
+def _signed(agency: str, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+    return sign_request(f"demo-only-{agency}".encode(), agency, method, target, body)
+
+
+async def test_hostile_headers_and_parameters_are_refused_cleanly(node: Node) -> None:
+    """Issue 10 item 3: every header and parameter the API reads is bounded and parsed whole. A bad
+    one is a 401 (signing headers) or a 400/404/413, with a short message; never a 500."""
+    transport = httpx.ASGITransport(app=create_app(node.api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bus") as http:
+
+        async def expect(
+            status: int, code: str, method: str, target: str, headers: Any, body: bytes = b""
+        ) -> None:
+            answer = await http.request(method, target, headers=headers, content=body or None)
+            error = answer.json()["error"]
+            assert (answer.status_code, error["code"]) == (status, code), (target, answer.text[:300])
+            assert len(error["message"]) < 300  # what the client sent is not echoed back whole
+
+        good = _signed(HOME_AFFAIRS, "GET", "/v1/inbox")
+        # The OverflowError of the issue: 400 digits of timestamp.
+        await expect(401, "bad-timestamp", "GET", "/v1/inbox", {**good, "X-Bus-Timestamp": "9" * 400})
+        # A non-ASCII signature made hmac.compare_digest raise TypeError.
+        latin = [(k.encode(), v.encode()) for k, v in good.items() if k != "Authorization"]
+        latin.append((b"Authorization", b"BUS-HMAC-SHA256 Signature=" + b"\xff" * 64))
+        await expect(401, "bad-authorization", "GET", "/v1/inbox", latin)
+        await expect(401, "unknown-agency", "GET", "/v1/inbox", {**good, "X-Bus-Agency": "0" * 10_000})
+        # Two values of a signed header: which one was checked would depend on who reads it.
+        twice = [*good.items(), ("X-Bus-Nonce", "ffffffffffffffffffffffffffffffff")]
+        await expect(401, "duplicate-header", "GET", "/v1/inbox", twice)
+        # int() of more than 4,300 digits raises ValueError: in a parameter and in a path.
+        target = "/v1/inbox?limit=" + "9" * 5000
+        await expect(400, "bad-parameter", "GET", target, _signed(HOME_AFFAIRS, "GET", target))
+        target = "/v1/inbox/" + "9" * 5000
+        await expect(404, "not-found", "GET", target, _signed(HOME_AFFAIRS, "GET", target))
+        target = "/v1/inbox?pending=maybe"  # was read as true
+        await expect(400, "bad-parameter", "GET", target, _signed(HOME_AFFAIRS, "GET", target))
+        # "²".isdigit() is true and int("²") raises: a Content-Length only another server would pass on.
+        await expect(400, "bad-header", "GET", "/v1/inbox", {**good, "Content-Length": "²".encode("latin-1")})
+        body = make_document(HOME_AFFAIRS, [DISTRICT], 9)
+        signed = _signed(HOME_AFFAIRS, "POST", "/v1/envelopes", body)
+        await expect(
+            400, "bad-header", "POST", "/v1/envelopes", {**signed, "Content-Type": "x" * 10_000}, body
+        )
+        # JSON nested deeper than the parser's recursion limit (RecursionError).
+        nested = b"[" * 5000 + b"]" * 5000
+        target = "/v1/inbox/1/ack"
+        headers = {**_signed(HOME_AFFAIRS, "POST", target, nested), "Content-Type": "application/json"}
+        await expect(400, "bad-acknowledgement", "POST", target, headers, nested)
+        long_reason = json.dumps({"state": "fail", "reason": "x" * 1001}).encode()
+        headers = {**_signed(HOME_AFFAIRS, "POST", target, long_reason), "Content-Type": "application/json"}
+        await expect(400, "bad-acknowledgement", "POST", target, headers, long_reason)
+        # Only an envelope may be large: any other body over 64 KiB is refused before it is read.
+        big = b"{}" + b" " * 70_000
+        headers = {**_signed(HOME_AFFAIRS, "POST", target, big), "Content-Type": "application/json"}
+        await expect(413, "too-large", "POST", target, headers, big)
+        # The same requests, well formed, are served: the refusals above were about the headers.
+        assert (
+            await http.get("/v1/inbox", headers=_signed(HOME_AFFAIRS, "GET", "/v1/inbox"))
+        ).status_code == 200
+
+
+async def test_a_document_of_others_looks_missing(node: Node, client_for: ClientFor) -> None:
+    """Issue 10 item 6: bus ids are uuid5 of public facts, so an agency that is neither the sender nor
+    a recipient must not learn from the answer whether a document exists (it was 403 vs 404)."""
+    home, district = client_for(HOME_AFFAIRS), client_for(DISTRICT)
+    accepted = await home.send(make_document(HOME_AFFAIRS, [DISTRICT], 10))
+    assert (await district.document(accepted["bus_id"]))["bus_id"] == accepted["bus_id"]  # a recipient
+    assert (await home.document(accepted["bus_id"]))["bus_id"] == accepted["bus_id"]  # its sender
+    missing = str(uuid.uuid5(uuid.NAMESPACE_URL, "never sent"))
+    transport = httpx.ASGITransport(app=create_app(node.api))
+    answers = []
+    async with httpx.AsyncClient(transport=transport, base_url="http://bus") as http:
+        for bus_id in (accepted["bus_id"], missing):
+            target = f"/v1/documents/{bus_id}"
+            response = await http.get(target, headers=_signed(COMMUNE, "GET", target))
+            answers.append(
+                (response.status_code, dict(response.headers), response.text.replace(bus_id, "ID"))
+            )
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 404
+
+
+async def test_a_method_a_path_lacks_is_405_with_allow(node: Node) -> None:
+    """RFC 9110 section 15.5.6: a 405 names the methods the resource has (the fuzzer found none)."""
+    transport = httpx.ASGITransport(app=create_app(node.api))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bus") as http:
+        for method, path, allowed in [
+            ("DELETE", "/v1/inbox", {"GET", "HEAD"}),
+            ("TRACE", "/v1/envelopes", {"POST"}),
+            ("PUT", "/v1/inbox/1/ack", {"POST"}),
+            ("POST", "/healthz", {"GET", "HEAD"}),
+        ]:
+            answer = await http.request(method, path)
+            assert answer.status_code == 405
+            assert answer.json()["error"]["code"] == "method-not-allowed"
+            assert set(answer.headers["allow"].replace(" ", "").split(",")) == allowed
