@@ -27,6 +27,7 @@ from adapters.dashboard import create_dashboard
 from adapters.http import ApiContext, create_app
 from adapters.http.health import Readiness, axis_check, broker_check
 from adapters.http.metrics import NodeMetrics
+from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
@@ -275,6 +276,10 @@ class Node:
         server = None
         tasks: list[asyncio.Task[None]] = []
         if http:
+            http_settings = self.settings.http
+            head_limits = HeadLimits(
+                http_settings.max_header_bytes, http_settings.max_headers, http_settings.header_timeout_s
+            )
             config = uvicorn.Config(
                 self.http_app(),
                 host=self.settings.http.host,
@@ -283,6 +288,9 @@ class Node:
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=10,
+                # httptools, with the limits on request heads that it lacks (issue 10 item 4).
+                http=LimitedHttpToolsProtocol.with_limits(head_limits),
+                ws="none",  # no WebSocket route: an Upgrade request is served as plain HTTP
             )
             server = _Server(config)
             tasks.append(asyncio.create_task(server.serve()))

@@ -71,6 +71,13 @@ class HttpSettings(_Section):
     # On SIGTERM /readyz answers 503 at once, and the API keeps serving this long before it stops, so
     # that a load balancer checking readiness moves traffic away first. Set it to its check interval.
     drain_s: float = 5.0
+    # The request head, which uvicorn's httptools parser does not bound (issue 10 item 4; enforced by
+    # adapters/http/protocol.py): request line and headers of one request at most max_header_bytes
+    # (16 KiB: h11's and Node.js's default), at most max_headers fields (Apache's default), else 431;
+    # complete within header_timeout_s of its first byte, else 408. The connection is then closed.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=16)
+    header_timeout_s: float = Field(default=20.0, gt=0)
 
 
 class IntakeSettings(_Section):
