@@ -22,7 +22,7 @@ from bus.cli_service import add_commands
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
 from bus.dsig.revocation import RevocationPolicy, UncheckedRevocation, registry_from_files
 from bus.envelope import check_tree, read_envelope
-from bus.errors import BusError, ConfigError, EnvelopeInvalidError, InputError
+from bus.errors import BusError, ConfigError, EnvelopeInvalidError, InputError, RevocationUnknownError
 from bus.pki import init_pki
 from bus.topology import load_topology
 from bus.xmlparse import parse_untrusted
@@ -43,7 +43,7 @@ def _read(path: Path) -> bytes:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def _report(path: Path, exc: InputError) -> None:
+def _report(path: Path, exc: InputError | RevocationUnknownError) -> None:
     """One stdout line per failed file; every problem on stderr as ``FILE:LINE: PATH: message``."""
     if isinstance(exc, EnvelopeInvalidError):
         print(f"{path}: INVALID ({len(exc.problems)} problem(s))")
@@ -111,7 +111,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
             results = verify_tree(tree, trust, config)
             check_tree(parse_untrusted(results[0].signed_xml))  # what was signed must itself be valid
-        except InputError as exc:
+        except (InputError, RevocationUnknownError) as exc:  # not proven unrevoked is not verified
             _report(path, exc)
             status = EXIT_BAD_INPUT
             continue

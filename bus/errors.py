@@ -8,29 +8,42 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   ├── MalformedXmlError            not well-formed XML, or not UTF-8
     │   ├── InvalidOrganIdError          an OrganId that is not V.Z.Y.MXX
     │   ├── EnvelopeInvalidError         schema or business checks failed; carries every problem
+    │   ├── ForgedSenderError            From is not the authenticated agency
+    │   ├── DuplicateEnvelopeError       the same (sender, DocumentId, business type) was accepted before
+    │   ├── UnknownDocumentError         concerns a document this axis never carried
     │   └── SignatureError               missing, broken, forged or untrusted signature
     │       ├── SignatureMissingError
     │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
     │       └── CertificateError         chain, validity or usage of the signer's certificate
-    │   ├── ForgedSenderError            From is not the authenticated agency
-    │   └── DuplicateEnvelopeError       the same (sender, DocumentId, business type) was accepted before
+    │           └── CertificateRevokedError  on its CA's CRL (serial, date, reason, CA)
+    ├── RevocationUnknownError           a CRL is stale or unreachable: temporary, retry later (503)
     ├── ConfigError                      a configuration or topology file is wrong
-    └── BrokerError                      the message broker refused or lost a publish: retry later
-        └── UnroutableError              no queue is bound for the routing key (never a silent drop)
+    │   └── CrlUnusableError             a CRL that is not its CA's, a delta, older than the one held
+    ├── BrokerError                      the message broker refused or lost a publish: retry later
+    │   └── UnroutableError              no queue is bound for the routing key (never a silent drop)
+    └── AxisError                        the national axis did not do what was asked
+        ├── AxisUnavailableError         temporary: timeout, refused connection, 5xx
+        └── AxisRejectedError            permanent: the axis answered and refused
 
 The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AxisError",
+    "AxisRejectedError",
+    "AxisUnavailableError",
     "BrokerError",
     "BusError",
     "CertificateError",
+    "CertificateRevokedError",
     "ConfigError",
+    "CrlUnusableError",
     "DuplicateEnvelopeError",
     "EnvelopeInvalidError",
     "ForgedSenderError",
@@ -38,6 +51,7 @@ __all__ = [
     "InvalidOrganIdError",
     "MalformedXmlError",
     "Problem",
+    "RevocationUnknownError",
     "SignatureError",
     "SignatureMissingError",
     "UnknownDocumentError",
@@ -160,11 +174,6 @@ class AxisRejectedError(AxisError):
 
 # -- certificate revocation (issue 10) ------------------------------------------------------------------
 
-from typing import TYPE_CHECKING  # noqa: E402 - this module grows by appending
-
-if TYPE_CHECKING:
-    import datetime as dt
-
 
 class CertificateRevokedError(CertificateError):
     """A certificate of the chain is on its CA's CRL; the message gives its serial, the revocation date and
@@ -180,9 +189,13 @@ class CertificateRevokedError(CertificateError):
         self.issuer = issuer
 
 
-class RevocationUnknownError(CertificateError):
+class RevocationUnknownError(BusError):
     """A certificate's revocation status cannot be established (its CA's CRL is stale, unreachable or
-    unusable) and the deployment's policy is to refuse (``revocation.on_unavailable = "refuse"``)."""
+    unusable) and the deployment's policy is to refuse (``revocation.on_unavailable = "refuse"``).
+
+    Temporary, and not the sender's fault: nothing is wrong with the envelope as far as anyone knows.
+    The API answers 503 (send it again later) and relay-in leaves the envelope at the national axis
+    for its next poll, instead of refusing it or dead-lettering it as bad input."""
 
 
 class CrlUnusableError(ConfigError):

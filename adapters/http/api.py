@@ -65,6 +65,7 @@ from bus.errors import (
     ForgedSenderError,
     InputError,
     MalformedXmlError,
+    RevocationUnknownError,
     SignatureError,
     UnknownDocumentError,
     UnsafeXmlError,
@@ -196,6 +197,14 @@ class _Api:
             raise ApiError(400, "unknown-document", str(exc)) from None
         except InputError as exc:
             raise ApiError(400, "invalid-input", str(exc)) from None
+        except RevocationUnknownError as exc:
+            # Nothing is wrong with the envelope as far as anyone knows: the CA's CRL is out of date.
+            log.error("send.revocation_unknown", sender=str(sender), error=str(exc))
+            raise ApiError(
+                503,
+                "revocation-unavailable",
+                f"the envelope was NOT accepted: {exc}; send it again later",
+            ) from None
         except BrokerError as exc:
             log.error("send.broker_unavailable", sender=str(sender), error=str(exc))
             raise ApiError(503, "broker-unavailable", "the envelope was NOT accepted: retry later") from None

@@ -68,6 +68,7 @@ _KNOWN_REFUSALS = (
     "signature-invalid",
     "too-large",
     "broker-unavailable",
+    "revocation-unavailable",
     "outcome-unknown",
 )
 _INTAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

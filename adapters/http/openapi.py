@@ -108,8 +108,8 @@ def _paths() -> dict[str, Any]:
                     "415": _error("not XML"),
                     "503": {
                         **_error(
-                            "NOT accepted, retry later: broker-unavailable, or outcome-unknown (send the "
-                            "same envelope again)"
+                            "NOT accepted, retry later: broker-unavailable, revocation-unavailable (a CA's "
+                            "CRL is out of date), or outcome-unknown (send the same envelope again)"
                         ),
                         "headers": _RETRY_AFTER,
                     },
