@@ -8,6 +8,7 @@ mandatory fields, no duplicate recipients, dates as ``yyyy/MM/dd`` and not in th
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,3 +212,37 @@ class Collector:
             return number
 
         return self.choice(parent, name, non_negative, "expected a whole number of 0 or more")
+
+
+_MAX_REPORTED = 20
+
+
+def unsigned_markup(root: etree._Element) -> list[Problem]:
+    """Comments and processing instructions in the envelope (around or inside its root), each a problem.
+
+    Exclusive c14n, which every signature of the profile uses, leaves them out of what is signed, so
+    ``<Subject>V/v phê duyệt<!-- x --> dự án</Subject>`` verifies like ``V/v phê duyệt dự án`` while a
+    recipient reading the element's first text node sees ``V/v phê duyệt``. Nothing may travel that a
+    reader could take differently from what was signed (issue 10): such markup is refused, not
+    stripped, so the sender learns why and the bytes it signed stay the bytes delivered.
+    """
+    problems: list[Problem] = []
+    # Before and after the root element too: those a verifier covering the whole document (xmlsec1,
+    # URI="") sees, the bus's c14n of the root does not, and <?xml-stylesheet?> runs in a browser.
+    around = itertools.chain(root.itersiblings(preceding=True), root.itersiblings())
+    for node in itertools.chain(around, root.iter(etree.Comment, etree.ProcessingInstruction)):
+        what = "a comment" if isinstance(node, etree._Comment) else "a processing instruction"
+        parent = node.getparent()
+        problems.append(
+            Problem(
+                "unsigned-markup",
+                element_path(parent) if parent is not None else "/",
+                f"{what} in the envelope is refused: signatures (exclusive c14n) do not cover it, "
+                "so a recipient could read the text around it differently from what was signed; "
+                "remove comments and processing instructions from the envelope",
+                node.sourceline if isinstance(node.sourceline, int) else None,
+            )
+        )
+        if len(problems) == _MAX_REPORTED:
+            break
+    return problems

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from bus.checks import NS, VN_TZ, Collector, element_path, source_line
+from bus.checks import NS, VN_TZ, Collector, source_line, unsigned_markup
 from bus.errors import EnvelopeInvalidError, Problem
 from bus.model import DocumentEnvelope, StatusMessage
 from bus.reading import read_document, read_status
@@ -68,37 +68,6 @@ def check_tree(tree: etree._ElementTree, *, today: dt.date | None = None) -> Par
     if message is None:
         raise EnvelopeInvalidError(collector.problems)
     return ParsedEnvelope(kind, tree, message, tuple(collector.warnings))
-
-
-_MAX_REPORTED = 20
-
-
-def unsigned_markup(root: etree._Element) -> list[Problem]:
-    """Comments and processing instructions inside the envelope, each a problem.
-
-    Exclusive c14n, which every signature of the profile uses, leaves them out of what is signed, so
-    ``<Subject>V/v phê duyệt<!-- x --> dự án</Subject>`` verifies like ``V/v phê duyệt dự án`` while a
-    recipient reading the element's first text node sees ``V/v phê duyệt``. Nothing may travel that a
-    reader could take differently from what was signed (issue 10): such markup is refused, not
-    stripped, so the sender learns why and the bytes it signed stay the bytes delivered.
-    """
-    problems: list[Problem] = []
-    for node in root.iter(etree.Comment, etree.ProcessingInstruction):
-        what = "a comment" if isinstance(node, etree._Comment) else "a processing instruction"
-        parent = node.getparent()
-        problems.append(
-            Problem(
-                "unsigned-markup",
-                element_path(parent if parent is not None else root),
-                f"{what} inside the envelope is refused: signatures (exclusive c14n) do not cover it, "
-                "so a recipient could read the text around it differently from what was signed; "
-                "remove comments and processing instructions from the envelope",
-                node.sourceline if isinstance(node.sourceline, int) else None,
-            )
-        )
-        if len(problems) == _MAX_REPORTED:
-            break
-    return problems
 
 
 def read_envelope(

@@ -204,8 +204,8 @@ def _read_attachments(
                 encoded_size=len(data.text or ""),
             )
         )
-    listed = {content_key(ref.content_id): ref.content_id for ref in manifest}
-    present = {content_key(att.content_id): att.content_id for att in attachments}
+    listed = _by_key(c, [ref.content_id for ref in manifest], "the manifest's References")
+    present = _by_key(c, [att.content_id for att in attachments], "the Attachments")
     for key in sorted(listed.keys() - present.keys()):
         c.error(
             "attachment-missing",
@@ -219,6 +219,23 @@ def _read_attachments(
             f"Attachment {present[key]!r} is not listed in edXMLManifest",
         )
     return attachments
+
+
+def _by_key(c: Collector, content_ids: list[str], what: str) -> dict[str, str]:
+    """ContentIds by what they name; two spellings of one id (``1`` and ``<1>``) are an error, since a
+    reference to it could then mean either file."""
+    found: dict[str, str] = {}
+    for content_id in content_ids:
+        key = content_key(content_id)
+        if key in found:
+            c.error(
+                "attachment-ambiguous",
+                "/edXML/AttachmentEncoded",
+                f"{what} name {found[key]!r} and {content_id!r}, which are the same Content-ID: "
+                "give each attachment its own",
+            )
+        found.setdefault(key, content_id)
+    return found
 
 
 def content_key(content_id: str) -> str:

@@ -87,6 +87,9 @@ class IntakeSettings(_Section):
     # request can make the axis do. A province has some hundreds of agencies; address a district or
     # the province as a unit instead of listing thousands of codes.
     max_recipients: int = Field(default=500, ge=1, le=100_000)
+    # Copies times the envelope's size, what one envelope may put in RabbitMQ: 1 GiB is a 30 MB
+    # dossier to 34 agencies, or an 8 KB letter to every recipient allowed.
+    max_fanout_bytes: int = Field(default=1024**3, ge=1024 * 1024)
 
 
 class NationalAxisSettings(_Section):

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from lxml import etree
 
-from bus.checks import NS, sender_text
+from bus.checks import NS, sender_text, unsigned_markup
 from bus.dsig.keys import raw_verify
 from bus.dsig.profile import (
     C14N,
@@ -41,7 +41,7 @@ from bus.dsig.profile import (
 )
 from bus.dsig.transform import signed_bytes
 from bus.dsig.trust import TrustStore, describe
-from bus.errors import SignatureError, SignatureMissingError, WeakAlgorithmError
+from bus.errors import EnvelopeInvalidError, SignatureError, SignatureMissingError, WeakAlgorithmError
 
 __all__ = ["VerifiedSignature", "find_signatures", "verify_signature", "verify_tree"]
 
@@ -96,61 +96,89 @@ def find_signatures(root: etree._Element) -> list[etree._Element]:
 
 
 _DSIG11_NS = "http://www.w3.org/2009/xmldsig11#"
-# What a ds:Signature may hold. ds:Object, ds:Manifest and SignatureProperties are XML-DSig's places
-# for arbitrary content; the profile signs none of them, and anything else is content nobody signed.
-_SIGNATURE_VOCABULARY = frozenset(
-    {
-        *(
-            f"{{{DSIG_NS}}}{name}"
-            for name in (
-                "Signature",
-                "SignedInfo",
-                "CanonicalizationMethod",
-                "SignatureMethod",
-                "Reference",
-                "Transforms",
-                "Transform",
-                "DigestMethod",
-                "DigestValue",
-                "SignatureValue",
-                "KeyInfo",
-                "KeyName",
-                "X509Data",
-                "X509Certificate",
-                "X509IssuerSerial",
-                "X509IssuerName",
-                "X509SerialNumber",
-                "X509SubjectName",
-                "X509SKI",
-                "KeyValue",
-                "RSAKeyValue",
-                "Modulus",
-                "Exponent",
-            )
-        ),
-        *(f"{{{_DSIG11_NS}}}{name}" for name in ("ECKeyValue", "NamedCurve", "PublicKey")),
-        f"{{{FILTER2_NS}}}XPath",
-        f"{{{EXC_C14N}}}InclusiveNamespaces",
-    }
-)
+_XADES_NS = ("http://uri.etsi.org/01903/v1.3.2#", "http://uri.etsi.org/01903/v1.4.1#")
 
 
-def _only_profile_elements(signature: etree._Element) -> None:
-    for element in signature.iter():
-        if not isinstance(element.tag, str):
-            continue  # comments and PIs: refused for the whole envelope by the business checks
-        if element.tag not in _SIGNATURE_VOCABULARY:
-            name = etree.QName(element)
-            shown = (
-                f"ds:{name.localname}"
-                if name.namespace == DSIG_NS
-                else f"{{{name.namespace}}}{name.localname}"
-            )
-            raise SignatureError(
-                f"{shown} at line {element.sourceline} inside ds:Signature is refused: a signature does "
-                "not cover its own content, so a recipient could read it as part of the envelope "
-                "though nobody signed it (ds:Object, ds:Manifest and foreign elements are not allowed)"
-            )
+def _ds(*names: str) -> frozenset[str]:
+    return frozenset(f"{{{DSIG_NS}}}{name}" for name in names)
+
+
+# What each element of a ds:Signature may hold (XML-DSig's schema, narrowed to what signers write):
+# the signature is left out of what it signs, so anything else there is content nobody signed that a
+# recipient could read (a second SignedInfo with a decoy DigestValue, a MessageHeader in a ds:Object).
+_CHILDREN: dict[str, frozenset[str]] = {
+    f"{{{DSIG_NS}}}Signature": _ds("SignedInfo", "SignatureValue", "KeyInfo", "Object"),
+    f"{{{DSIG_NS}}}SignedInfo": _ds("CanonicalizationMethod", "SignatureMethod", "Reference"),
+    f"{{{DSIG_NS}}}CanonicalizationMethod": frozenset({f"{{{EXC_C14N}}}InclusiveNamespaces"}),
+    f"{{{DSIG_NS}}}SignatureMethod": frozenset(),
+    f"{{{DSIG_NS}}}Reference": _ds("Transforms", "DigestMethod", "DigestValue"),
+    f"{{{DSIG_NS}}}Transforms": _ds("Transform"),
+    f"{{{DSIG_NS}}}Transform": frozenset({f"{{{FILTER2_NS}}}XPath", f"{{{EXC_C14N}}}InclusiveNamespaces"}),
+    f"{{{FILTER2_NS}}}XPath": frozenset(),
+    f"{{{EXC_C14N}}}InclusiveNamespaces": frozenset(),
+    f"{{{DSIG_NS}}}DigestMethod": frozenset(),
+    f"{{{DSIG_NS}}}DigestValue": frozenset(),
+    f"{{{DSIG_NS}}}SignatureValue": frozenset(),
+    f"{{{DSIG_NS}}}KeyInfo": _ds("X509Data", "KeyName", "KeyValue"),
+    f"{{{DSIG_NS}}}KeyName": frozenset(),
+    f"{{{DSIG_NS}}}KeyValue": _ds("RSAKeyValue") | {f"{{{_DSIG11_NS}}}ECKeyValue"},
+    f"{{{DSIG_NS}}}RSAKeyValue": _ds("Modulus", "Exponent"),
+    f"{{{DSIG_NS}}}Modulus": frozenset(),
+    f"{{{DSIG_NS}}}Exponent": frozenset(),
+    f"{{{_DSIG11_NS}}}ECKeyValue": frozenset({f"{{{_DSIG11_NS}}}NamedCurve", f"{{{_DSIG11_NS}}}PublicKey"}),
+    f"{{{_DSIG11_NS}}}NamedCurve": frozenset(),
+    f"{{{_DSIG11_NS}}}PublicKey": frozenset(),
+    f"{{{DSIG_NS}}}X509Data": _ds(
+        "X509Certificate", "X509IssuerSerial", "X509SubjectName", "X509SKI", "X509CRL"
+    ),
+    f"{{{DSIG_NS}}}X509IssuerSerial": _ds("X509IssuerName", "X509SerialNumber"),
+    f"{{{DSIG_NS}}}X509IssuerName": frozenset(),
+    f"{{{DSIG_NS}}}X509SerialNumber": frozenset(),
+    f"{{{DSIG_NS}}}X509Certificate": frozenset(),
+    f"{{{DSIG_NS}}}X509SubjectName": frozenset(),
+    f"{{{DSIG_NS}}}X509SKI": frozenset(),
+    f"{{{DSIG_NS}}}X509CRL": frozenset(),
+    # Signing tools put signing properties here: XAdES QualifyingProperties (signing time, signing
+    # certificate) or ds:SignatureProperties. Their insides are not edXML (checked below).
+    f"{{{DSIG_NS}}}Object": _ds("SignatureProperties")
+    | {f"{{{ns}}}QualifyingProperties" for ns in _XADES_NS},
+    f"{{{DSIG_NS}}}SignatureProperties": _ds("SignatureProperty"),
+}
+_ONCE = _ds("SignedInfo", "SignatureValue", "KeyInfo", "CanonicalizationMethod", "SignatureMethod")
+_FREE = _ds("SignatureProperty") | {f"{{{ns}}}QualifyingProperties" for ns in _XADES_NS}
+
+
+def _refuse(element: etree._Element, why: str) -> SignatureError:
+    name = etree.QName(element)
+    shown = f"ds:{name.localname}" if name.namespace == DSIG_NS else name.text
+    return SignatureError(
+        f"{shown} at line {element.sourceline} inside ds:Signature is refused: {why}; a signature does "
+        "not cover its own content, so a recipient could read it as part of the envelope though "
+        "nobody signed it"
+    )
+
+
+def _only_profile_elements(element: etree._Element) -> None:
+    """Every element of a ds:Signature where XML-DSig puts it, SignedInfo and its kind once; signing
+    properties (XAdES, SignatureProperty) hold no edXML element."""
+    if element.tag in _FREE:
+        stray = next((e for e in element.iter(f"{{{NS}}}*")), None)
+        if stray is not None:
+            raise _refuse(stray, "edXML content in signing properties")
+        return
+    allowed = _CHILDREN.get(element.tag) if isinstance(element.tag, str) else None
+    if allowed is None:
+        raise _refuse(element, "not an element of the signature profile")
+    seen: set[str] = set()
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue  # comments and PIs: refused for the whole envelope (unsigned_markup)
+        if child.tag not in allowed:
+            raise _refuse(child, f"not allowed in {etree.QName(element).localname}")
+        if child.tag in _ONCE and child.tag in seen:
+            raise _refuse(child, "a second one")
+        seen.add(child.tag)
+        _only_profile_elements(child)
 
 
 def _transforms(reference: etree._Element) -> tuple[bool, bool]:
@@ -281,8 +309,14 @@ def verify_tree(
     *,
     now: dt.datetime | None = None,
 ) -> list[VerifiedSignature]:
-    """Verify every signature of *tree* (the sender's first); at least one is required."""
+    """Verify every signature of *tree* (the sender's first); at least one is required.
+
+    An envelope with comments or processing instructions is refused first: c14n leaves them out of
+    what a signature covers, so the signature would vouch for text a reader sees otherwise."""
     root = tree.getroot()
+    problems = unsigned_markup(root)
+    if problems:
+        raise EnvelopeInvalidError(problems)
     signatures = find_signatures(root)
     if not signatures:
         legacy = root.find(f"{{{NS}}}edXMLEnvelope/{{{NS}}}edXMLHeader/{{{NS}}}Signature")

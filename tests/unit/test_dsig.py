@@ -17,7 +17,13 @@ from bus.dsig import SignatureConfig, TrustStore, find_signatures, sign_tree, si
 from bus.dsig.profile import DSIG_NS, FILTER2_NS
 from bus.dsig.transform import signed_bytes
 from bus.envelope import check_tree
-from bus.errors import CertificateError, SignatureError, SignatureMissingError, WeakAlgorithmError
+from bus.errors import (
+    CertificateError,
+    EnvelopeInvalidError,
+    SignatureError,
+    SignatureMissingError,
+    WeakAlgorithmError,
+)
 from bus.trace import append_trace
 from bus.xmlparse import parse_untrusted
 from tests.conftest import TODAY, Pki, q
@@ -252,7 +258,10 @@ def test_original_hidden_in_signature_and_forgery_in_place_is_detected(
     holder = etree.SubElement(signature, f"{{{DSIG_NS}}}Object")
     holder.append(message)
     header.insert(0, forged)
-    with pytest.raises(SignatureError, match=r"ds:Object at line \d+ inside ds:Signature is refused"):
+    with pytest.raises(
+        SignatureError,
+        match=r"MessageHeader at line \d+ inside ds:Signature is refused: not allowed in Object",
+    ):
         verify_tree(_reparse(tree), _trust(pki))
 
 
@@ -283,6 +292,76 @@ def test_unsigned_content_inside_a_valid_signature_is_refused(
     # The same signature without the addition verifies: the refusal is about the addition.
     signature.remove(signature[-1])
     verify_tree(_reparse(tree), _trust(pki))
+
+
+@pytest.mark.parametrize(
+    ("where", "extra"),
+    [
+        ("KeyInfo", f"<ds:SignedInfo xmlns:ds='{DSIG_NS}'><ds:Reference URI=''/></ds:SignedInfo>"),
+        ("Signature", f"<ds:SignatureValue xmlns:ds='{DSIG_NS}'>AAAA</ds:SignatureValue>"),
+        ("KeyInfo/X509Data", f"<ds:DigestValue xmlns:ds='{DSIG_NS}'>AAAA</ds:DigestValue>"),
+    ],
+)
+def test_profile_elements_out_of_place_or_twice_are_refused(
+    document_bytes: bytes, pki: Pki, where: str, extra: str
+) -> None:
+    """A decoy SignedInfo or DigestValue a recipient's //ds:DigestValue would find first."""
+    tree = _signed(document_bytes, pki)
+    [signature] = find_signatures(tree.getroot())
+    path = "/".join(f"{{{DSIG_NS}}}{step}" for step in where.split("/"))
+    holder = signature if where == "Signature" else signature.find(path)
+    assert holder is not None
+    holder.append(etree.fromstring(extra))
+    with pytest.raises(SignatureError, match="inside ds:Signature is refused"):
+        verify_tree(_reparse(tree), _trust(pki))
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        f"<ds:Object xmlns:ds='{DSIG_NS}'><ds:SignatureProperties><ds:SignatureProperty Target='#s'>"
+        "<t:SigningTime xmlns:t='urn:example:time'>2026-11-20T08:00:00Z</t:SigningTime>"
+        "</ds:SignatureProperty></ds:SignatureProperties></ds:Object>",
+        f"<ds:Object xmlns:ds='{DSIG_NS}'><x:QualifyingProperties xmlns:x='http://uri.etsi.org/01903/v1.3.2#'>"
+        "<x:SignedProperties><x:SignedSignatureProperties><x:SigningTime>2026-11-20T08:00:00Z"
+        "</x:SigningTime></x:SignedSignatureProperties></x:SignedProperties></x:QualifyingProperties>"
+        "</ds:Object>",
+    ],
+    ids=["SignatureProperties", "XAdES"],
+)
+def test_signing_properties_in_a_ds_object_are_expected_content(
+    document_bytes: bytes, pki: Pki, properties: str
+) -> None:
+    """Signing tools put the signing time there; only edXML content inside would be a second reading."""
+    tree = _signed(document_bytes, pki)
+    [signature] = find_signatures(tree.getroot())
+    signature.append(etree.fromstring(properties))
+    verify_tree(_reparse(tree), _trust(pki))
+    leaf = next(e for e in signature.iter() if etree.QName(e).localname == "SigningTime")
+    leaf.append(etree.fromstring(f"<edXML:Subject xmlns:edXML='{NS}'>Lệnh chuyển tiền khẩn</edXML:Subject>"))
+    with pytest.raises(SignatureError, match="edXML content in signing properties"):
+        verify_tree(_reparse(tree), _trust(pki))
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("<!-- trước -->\n".encode(), b""),
+        (b"", b"\n<?xml-stylesheet type='text/xsl' href='https://evil.example/x.xsl'?>"),
+        (b"<?xml-stylesheet type='text/xsl' href='https://evil.example/x.xsl'?>\n", b""),
+    ],
+    ids=["comment-before-root", "pi-after-root", "stylesheet-before-root"],
+)
+def test_markup_around_the_root_is_refused_by_every_verifier(
+    document_bytes: bytes, pki: Pki, before: bytes, after: bytes
+) -> None:
+    """The bus's c14n covers the root element only; a <?xml-stylesheet?> beside it runs in a browser and
+    breaks a verifier that covers the whole document (xmlsec1, URI="")."""
+    signed = etree.tostring(_signed(document_bytes, pki), encoding="UTF-8")
+    with pytest.raises(EnvelopeInvalidError) as caught:
+        verify_tree(parse_untrusted(before + signed + after), _trust(pki))
+    assert [(p.code, p.path) for p in caught.value.problems] == [("unsigned-markup", "/")]
+    verify_tree(parse_untrusted(signed), _trust(pki))
 
 
 def test_a_signature_that_subtracts_more_than_the_profile_is_refused(document_bytes: bytes, pki: Pki) -> None:

@@ -217,6 +217,23 @@ def test_manifest_reference_by_cid_url_still_refuses_a_real_mismatch(
     assert repr(reference) in problem.message
 
 
+def test_two_spellings_of_one_content_id_are_ambiguous(document_bytes: bytes) -> None:
+    """Attachments '1' and '<1>' both answer a reference to 'cid:1': which file is meant?"""
+
+    def second_attachment(root: etree._Element) -> None:
+        attachment = root.find(q("AttachmentEncoded/Attachment"))
+        assert attachment is not None
+        twin = copy.deepcopy(attachment)
+        twin.find(q("ContentId")).text = "<1>"  # type: ignore[union-attr]
+        attachment.find(q("ContentId")).text = "1"  # type: ignore[union-attr]
+        attachment.addnext(twin)
+
+    data = edit(document_bytes, _set("edXMLEnvelope/edXMLBody/edXMLManifest/Reference/ContentId", "cid:1"))
+    problems = _problems(edit(data, second_attachment))
+    assert [p.code for p in problems] == ["attachment-ambiguous"]
+    assert "'1' and '<1>'" in problems[0].message
+
+
 @pytest.mark.parametrize("value", ["*!*", "abc", "QUJD=", "QU=D", " "])
 def test_corrupt_attachment_base64_is_refused(document_bytes: bytes, value: str) -> None:
     path = "AttachmentEncoded/Attachment/ContentTransferEncoded"

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from lxml import etree
 
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
-from bus.dsig import TrustStore, sign_tree, verify_tree
+from bus.dsig import TrustStore, find_signatures, sign_tree, verify_signature, verify_tree
 from bus.errors import (
     BrokerError,
     CertificateError,
@@ -425,6 +425,22 @@ async def test_must_sign_refuses_a_certificate_that_names_no_uid(
     assert publisher.sent == []
 
 
+async def test_a_persons_certificate_is_accepted_where_no_signature_is_required(
+    topology: Topology, pki: Pki
+) -> None:
+    """Vietnamese CAs put CMND/CCCD/MST in the UID of a person's certificate: that names no agency, so
+    it is not a forgery; it cannot meet a "must sign" policy either."""
+    finance = OrganId.parse("000.00.02.H99")
+    policy = {"trust": TrustStore([pki.ca.certificate])}
+    publisher = FakePublisher()
+    body = _signed_by(pki, make_document(str(finance), ["000.00.21.H99"], 81), "CMND:012345678")
+    await _intake(topology, pki, publisher, FakeStore(), **policy).accept(body, sender=finance)
+    assert len(publisher.sent) == 1
+    must = {**policy, "signed_senders": frozenset({str(finance)})}
+    with pytest.raises(ForgedSenderError, match=r"names UID CMND:012345678, no OrganId"):
+        await _intake(topology, pki, FakePublisher(), FakeStore(), **must).accept(body, sender=finance)
+
+
 async def test_must_sign_accepts_the_pinned_certificate_even_without_a_uid(
     topology: Topology, pki: Pki, document_bytes: bytes
 ) -> None:
@@ -491,8 +507,12 @@ async def test_a_recipient_never_reads_what_was_not_signed(
     signed = _signed_by(pki, document, "000.00.00.H99")
     tampered = signed.replace("phê duyệt dự án".encode(), "phê duyệt<!-- x --> dự án".encode())
     assert tampered != signed
-    # The signature alone does not notice: that is the hole.
-    assert verify_tree(parse_untrusted(tampered), TrustStore([pki.ca.certificate]))
+    # The signature value alone does not notice: that is the hole.
+    tree = parse_untrusted(tampered)
+    [signature] = find_signatures(tree.getroot())
+    assert verify_signature(tree.getroot(), signature, TrustStore([pki.ca.certificate]))
+    with pytest.raises(EnvelopeInvalidError, match=r"do not cover it"):  # every verifier refuses it
+        verify_tree(tree, TrustStore([pki.ca.certificate]))
     publisher = FakePublisher()
     with pytest.raises(
         EnvelopeInvalidError, match=r"signatures \(exclusive c14n\) do not cover it"
@@ -553,3 +573,37 @@ async def test_an_unknown_code_of_this_province_is_an_error_not_an_outbound_deli
     )
     assert publisher.sent == []
     assert store.pending == {}
+
+
+async def test_copies_times_size_is_capped_too(topology: Topology, pki: Pki) -> None:
+    home = OrganId.parse("000.00.01.H99")
+    big = make_document(str(home), ["000.00.21.H99", "000.00.22.H99", "000.00.00.G12"], 82, padding=40_000)
+    publisher, store = FakePublisher(), FakeStore()
+    intake = _intake(topology, pki, publisher, store, max_fanout_bytes=100_000)
+    refused = r"3 copies of [\d,]+ bytes .*\(intake\.max_fanout_bytes\)"
+    with pytest.raises(EnvelopeInvalidError, match=refused):
+        await intake.accept(big, sender=home)
+    assert publisher.sent == []
+    assert store.pending == {}
+    small = make_document(str(home), ["000.00.21.H99", "000.00.22.H99", "000.00.00.G12"], 83)
+    assert len((await intake.accept(small, sender=home)).destinations) == 3
+
+
+async def test_a_national_broadcast_counts_only_this_provinces_copies(topology: Topology, pki: Pki) -> None:
+    """Relay-in makes copies only for this province: a ministry writing to 600 units, two of them ours,
+    is two copies here, not a refusal."""
+    everyone = [f"000.00.{n % 90 + 1:02d}.H{n // 90 + 10:02d}" for n in range(598)]
+    body = _signed_by(
+        pki,
+        make_document("000.00.00.G12", [*everyone, "000.00.21.H99", "000.01.21.H99"], 84),
+        "000.00.00.G12",
+    )
+    publisher = FakePublisher()
+    accepted = await _from_axis(topology, pki, publisher).accept_from_axis(body)
+    assert [str(d.addressed_to) for d in accepted.destinations] == ["000.00.21.H99", "000.01.21.H99"]
+    local = _intake(topology, pki, FakePublisher(), FakeStore(), max_recipients=500)
+    with pytest.raises(EnvelopeInvalidError, match="names 600 recipients"):  # from an agency here: refused
+        await local.accept(
+            make_document("000.00.01.H99", [*everyone, "000.00.21.H99", "000.01.21.H99"], 85),
+            sender=OrganId.parse("000.00.01.H99"),
+        )
