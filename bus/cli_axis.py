@@ -16,9 +16,9 @@ from typing import Any
 import structlog
 from sqlalchemy.engine import make_url
 
-from adapters.national_axis.mock import load_mock_config, serve_mock_axis
 from bus.errors import ConfigError
 from bus.logs import configure_logging
+from mock_axis import load_mock_config, serve_mock_axis
 
 __all__ = ["add_commands"]
 

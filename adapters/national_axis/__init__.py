@@ -1,1 +1,3 @@
-"""The national axis (VDXP): its wire format, an async client, and a mock axis to test against."""
+"""The national axis (VDXP): its wire format, an async client, and the relay out and in.
+
+The mock axis that integrators test against is its own package, :mod:`mock_axis`."""

@@ -3,7 +3,7 @@
 sign-header JSON, and a response envelope with ``status``/``ErrorCode``/``ErrorDesc``.
 
 Shared by the client (:mod:`adapters.national_axis.client`) and the mock axis
-(:mod:`adapters.national_axis.mock`), so both sides speak exactly one format. The header order of the
+(:mod:`mock_axis`), so both sides speak exactly one format. The header order of the
 Java client (a ``java.util.HashMap``'s iteration order) is reproduced, though a server must not rely on
 it: it recomputes the HMAC over the sign-header it received.
 """

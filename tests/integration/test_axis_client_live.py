@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from adapters.national_axis.client import NationalAxisClient
-from adapters.national_axis.mock import load_mock_config, serve_mock_axis
 from bus.errors import AxisRejectedError, AxisUnavailableError
+from mock_axis import load_mock_config, serve_mock_axis
 from tests.factory import make_document, make_status
 
 pytestmark = pytest.mark.asyncio

@@ -25,14 +25,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from adapters.national_axis.mock import (
-    MockAxisConfig,
-    MockFaults,
-    RunningMockAxis,
-    load_mock_config,
-    serve_mock_axis,
-)
-from adapters.national_axis.mock_store import MockAxisStore
 from adapters.national_axis.protocol import (
     CONTENT_TYPE_FILE,
     CONTENT_TYPE_JSON,
@@ -42,6 +34,14 @@ from adapters.national_axis.protocol import (
 )
 from bus.errors import ConfigError
 from bus.organ_id import OrganId
+from mock_axis import (
+    MockAxisConfig,
+    MockFaults,
+    RunningMockAxis,
+    load_mock_config,
+    serve_mock_axis,
+)
+from mock_axis.store import MockAxisStore
 from tests.conftest import ROOT
 from tests.factory import make_document, make_status
 from tests.integration.conftest import fresh_database

@@ -19,13 +19,13 @@ import aio_pika
 import pytest
 
 from adapters.national_axis.client import NationalAxisClient
-from adapters.national_axis.mock import MockAxisConfig, RunningMockAxis, load_mock_config, serve_mock_axis
 from adapters.national_axis.relay import CircuitState
 from adapters.rabbitmq import BrokerNames
 from bus.delivery import DeliveryState, TimelineEvent
 from bus.node import Node
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
+from mock_axis import MockAxisConfig, RunningMockAxis, load_mock_config, serve_mock_axis
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, write_config
 

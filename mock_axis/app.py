@@ -1,5 +1,5 @@
 """The mock national axis's HTTP application: authentication, fault injection and the operations of
-``national-axis-protocol.md`` §3. See :mod:`adapters.national_axis.mock` for the overview."""
+``national-axis-protocol.md`` §3. See :mod:`mock_axis` for the overview."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.national_axis.mock_config import MockAxisConfig, MockFaults
-from adapters.national_axis.mock_sending import Refusal, plan_send
-from adapters.national_axis.mock_store import AxisItem, MockAxisStore, NewItem
 from adapters.national_axis.protocol import (
     AXIS_TZ,
     HEADER_PREFIX,
@@ -31,6 +28,9 @@ from adapters.national_axis.protocol import (
 )
 from bus.errors import InputError
 from bus.organ_id import OrganId, OrganLevel
+from mock_axis.config import MockAxisConfig, MockFaults
+from mock_axis.sending import Refusal, plan_send
+from mock_axis.store import AxisItem, MockAxisStore, NewItem
 
 __all__ = ["MockAxis", "create_mock_app"]
 

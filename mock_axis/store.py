@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
     Table,
-    Text,
     func,
     insert,
     select,
@@ -39,161 +29,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from bus.errors import ConfigError
+from mock_axis.tables import (
+    AxisAgency,
+    AxisItem,
+    NewItem,
+    agency_from_row,
+    axis_agencies,
+    axis_items,
+    item_from_row,
+    metadata,
+)
 
 __all__ = ["AxisAgency", "AxisItem", "MockAxisStore", "NewItem", "metadata"]
 
-metadata = MetaData()
-
-axis_items = Table(
-    "axis_items",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),  # creation order of the lists
-    Column("doc_id", String(36), nullable=False, unique=True),
-    # The DocId the sender got back from sendEdoc (that of its first recipient's item): groups the
-    # per-recipient items of one sendEdoc in getSentEdocList.
-    Column("sent_id", String(36), nullable=False),
-    Column("from_system", String(64), nullable=False),
-    Column("from_code", String(32), nullable=False),
-    Column("to_code", String(32), nullable=False),
-    Column("to_system", String(64), nullable=False),
-    Column("message_type", String(16), nullable=False),
-    Column("service_type", String(32), nullable=False),
-    Column("title", Text, nullable=False, default=""),
-    Column("notation", String(64), nullable=False, default=""),
-    Column("body", LargeBinary, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("status_desc", Text, nullable=False, default=""),
-    # Set once the duplicate_delivery fault has handed a "done" item out again; the next done sticks.
-    Column("redelivered", Boolean, nullable=False, default=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_axis_items_to_status", "to_system", "status", "seq"),
-    Index("ix_axis_items_from", "from_system", "seq"),
-)
-
-axis_agencies = Table(
-    "axis_agencies",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("pid", Integer, nullable=False, default=0),  # id of the parent agency, 0 for none
-    Column("code", String(64), nullable=False, unique=True),
-    Column("name", Text, nullable=False),
-    Column("mail", Text, nullable=False, default=""),
-    Column("mobile", String(64), nullable=False, default=""),
-    Column("fax", String(64), nullable=False, default=""),
-    Column("old_code", String(64), nullable=False, default=""),
-    # deleteAgency keeps the row so getSynchronizeUnit can tell a partner the unit is gone.
-    Column("deleted", Boolean, nullable=False, default=False),
-    Column("version", Integer, nullable=False, default=1),
-    Column("modified_at", DateTime(timezone=True), nullable=False),
-)
 
 _LIST_COLUMNS = [c for c in axis_items.c if c.name != "body"]
 _SCHEMA_LOCK = 4242018  # PostgreSQL advisory lock id; the status store uses 4242017
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; everything written here is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class NewItem:
-    """One copy of a sent envelope for one recipient, before it is stored."""
-
-    doc_id: str
-    sent_id: str
-    from_system: str
-    from_code: str
-    to_code: str
-    to_system: str
-    message_type: str
-    service_type: str
-    body: bytes
-    title: str = ""
-    notation: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class AxisItem:
-    """One stored copy; ``body`` only when asked for (getEdoc, downloadEdoc)."""
-
-    seq: int
-    doc_id: str
-    sent_id: str
-    from_system: str
-    from_code: str
-    to_code: str
-    to_system: str
-    message_type: str
-    service_type: str
-    title: str
-    notation: str
-    status: str
-    status_desc: str
-    redelivered: bool
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    body: bytes | None = None
-
-
-def _item(row: Any, *, body: bool = False) -> AxisItem:
-    return AxisItem(
-        seq=row.seq,
-        doc_id=row.doc_id,
-        sent_id=row.sent_id,
-        from_system=row.from_system,
-        from_code=row.from_code,
-        to_code=row.to_code,
-        to_system=row.to_system,
-        message_type=row.message_type,
-        service_type=row.service_type,
-        title=row.title,
-        notation=row.notation,
-        status=row.status,
-        status_desc=row.status_desc,
-        redelivered=bool(row.redelivered),
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
-        body=bytes(row.body) if body else None,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class AxisAgency:
-    """One agency in the axis's directory (getAgenciesList, getSynchronizeUnit)."""
-
-    id: int
-    pid: int
-    code: str
-    name: str
-    mail: str
-    mobile: str
-    fax: str
-    old_code: str
-    deleted: bool
-    version: int
-    modified_at: dt.datetime
-
-
-def _agency(row: Any) -> AxisAgency:
-    return AxisAgency(
-        id=row.id,
-        pid=row.pid,
-        code=row.code,
-        name=row.name,
-        mail=row.mail,
-        mobile=row.mobile,
-        fax=row.fax,
-        old_code=row.old_code,
-        deleted=bool(row.deleted),
-        version=row.version,
-        modified_at=_utc(row.modified_at),
-    )
 
 
 class MockAxisStore:
@@ -280,7 +135,7 @@ class MockAxisStore:
             query = query.where(axis_items.c.service_type == service_type)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.order_by(axis_items.c.seq))).all()
-        return [_item(r) for r in rows]
+        return [item_from_row(r) for r in rows]
 
     async def count_received(self, system: str, message_type: str, service_type: str | None = None) -> int:
         query = (
@@ -302,7 +157,7 @@ class MockAxisStore:
         query = select(axis_items).where(axis_items.c.doc_id == doc_id, axis_items.c.to_system == system)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return None if row is None else _item(row, body=True)
+        return None if row is None else item_from_row(row, body=True)
 
     async def set_status(
         self, system: str, doc_id: str, status: str, description: str, *, redeliver_once: bool = False
@@ -324,13 +179,13 @@ class MockAxisStore:
             if row is None:
                 return None
             if row.status == "done":  # final: a repeated or late acknowledgement changes nothing
-                return _item(row)
+                return item_from_row(row)
             values: dict[str, Any] = {"status": status, "status_desc": description, "updated_at": _now()}
             if status == "done" and redeliver_once and not row.redelivered:
                 values.update(status="pending", redelivered=True)
             await conn.execute(update(axis_items).where(axis_items.c.seq == row.seq).values(**values))
             row = (await conn.execute(select(*_LIST_COLUMNS).where(axis_items.c.seq == row.seq))).one()
-        return _item(row)
+        return item_from_row(row)
 
     async def sent(
         self,
@@ -351,7 +206,7 @@ class MockAxisStore:
             query = query.where((axis_items.c.sent_id == doc_id) | (axis_items.c.doc_id == doc_id))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.order_by(axis_items.c.seq))).all()
-        return [_item(r) for r in rows]
+        return [item_from_row(r) for r in rows]
 
     # -- agencies -----------------------------------------------------------------------------------
 
@@ -360,7 +215,7 @@ class MockAxisStore:
         if not include_deleted:
             query = query.where(axis_agencies.c.deleted.is_(False))
         async with self._engine.connect() as conn:
-            return [_agency(r) for r in (await conn.execute(query)).all()]
+            return [agency_from_row(r) for r in (await conn.execute(query)).all()]
 
     async def register_agency(
         self,
@@ -397,7 +252,7 @@ class MockAxisStore:
                     .values(version=axis_agencies.c.version + 1, **fields)
                 )
             row = (await conn.execute(select(axis_agencies).where(axis_agencies.c.code == code))).one()
-        return _agency(row)
+        return agency_from_row(row)
 
     async def delete_agency(self, code: str) -> bool:
         """Mark *code* deleted; False if there is no such (undeleted) agency."""

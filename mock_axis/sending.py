@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from adapters.national_axis.mock_config import AxisSystem, MockAxisConfig
 from adapters.national_axis.protocol import hash_file
 from bus.errors import InputError
 from bus.organ_id import OrganId
 from bus.xmlparse import parse_untrusted
+from mock_axis.config import AxisSystem, MockAxisConfig
 
 __all__ = ["Refusal", "Routing", "SendPlan", "plan_send"]
 
