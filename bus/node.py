@@ -65,7 +65,12 @@ def node_identity(settings: Settings) -> NodeIdentity:
 
 def revocation_registry(settings: Settings) -> CrlRegistry | None:
     """The CRLs of ``[revocation]``, not loaded yet (the node's :class:`CrlRefresher` loads them), or
-    None when none is listed. Both trust stores share it."""
+    None when none is listed. Both trust stores share it.
+
+    With a registry every link of a chain must be checkable: a certificate issued by a CA without a CRL
+    listed has an unknown status, which ``on_unavailable`` refuses or flags. A trusted CA without one is
+    logged here (``revocation.no_crl``), or stops start-up with ``require_for_every_ca``; an intermediate
+    CA is only known when a chain passes it, and is caught then, at verification."""
     section = settings.revocation
     sources = []
     for entry in section.crls:
@@ -77,16 +82,33 @@ def revocation_registry(settings: Settings) -> CrlRegistry | None:
         location = entry.crl if "://" in entry.crl else str(settings.path(Path(entry.crl)))
         sources.append(CrlSource(cas[0], location))
     registry = CrlRegistry(sources, RevocationPolicy(section.on_unavailable)) if sources else None
-    unchecked = _cas_without_crl(settings, registry)
-    if unchecked and section.require_for_every_ca:
+    missing = _cas_without_crl(settings, registry, unchecked_only=False)
+    if missing and section.require_for_every_ca:
         raise ConfigError(
             "revocation.require_for_every_ca is set, and no CRL is listed for the trusted CA(s) "
-            f"{'; '.join(unchecked)}: add a [[revocation.crls]] entry for each"
+            f"{'; '.join(missing)}: add a [[revocation.crls]] entry for each"
         )
+    if registry is not None:
+        outcome = "refused" if registry.policy is RevocationPolicy.REFUSE else "accepted and flagged"
+        for ca in missing:
+            log.warning(
+                "revocation.no_crl",
+                ca=ca,
+                reason="no [[revocation.crls]] entry for this CA",
+                consequence=f"signatures whose chain passes this CA are {outcome}",
+                policy=registry.policy.value,
+            )
     return registry
 
 
-def _cas_without_crl(settings: Settings, registry: CrlRegistry | None) -> list[str]:
+def _cas_without_crl(
+    settings: Settings, registry: CrlRegistry | None, *, unchecked_only: bool = True
+) -> list[str]:
+    """The trusted CAs (node.trust, national_axis.trust) with no CRL in *registry*. With *unchecked_only*,
+    only those whose certificates go unchecked: all without a registry, none with one (their
+    certificates' status is then unknown, and ``on_unavailable`` refuses or flags them)."""
+    if registry is not None and unchecked_only:
+        return []
     paths = (*settings.node.trust, *settings.national_axis.trust)
     cas = {ca for path in paths for ca in load_certificates(settings.path(path))}
     return sorted(ca.subject.rfc4514_string() for ca in cas if registry is None or not registry.covers(ca))

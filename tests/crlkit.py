@@ -56,7 +56,7 @@ def make_crl(
         if reason is not None:
             entry = entry.add_extension(x509.CRLReason(reason), critical=False)
         builder = builder.add_revoked_certificate(entry.build())
-    return builder.sign(key or ca.key, algorithm or hashes.SHA256())
+    return builder.sign(key or ca.key, algorithm or hashes.SHA256())  # type: ignore[arg-type]  # SHA-1 on purpose
 
 
 def der(crl: x509.CertificateRevocationList) -> bytes:

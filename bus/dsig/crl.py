@@ -4,9 +4,9 @@
 :class:`~bus.errors.CrlUnusableError` saying why it cannot be used: its issuer name is not the CA's
 subject, its signature does not check with the CA's key (or uses MD5 or SHA-1), the CA may not sign
 CRLs (keyUsage without ``cRLSign``), it has no ``nextUpdate``, its ``thisUpdate`` is in the future, it is
-not a complete CRL (delta, indirect or partitioned by reason), or it carries a critical extension we do
-not understand. Whether it is newer than the CRL already held is :class:`~bus.dsig.revocation.CrlRegistry`'s
-question.
+not a complete CRL (delta, indirect, or a partition: an issuingDistributionPoint naming a distribution
+point or only some reasons), or it carries a critical extension we do not understand. Whether it is
+newer than the CRL already held is :class:`~bus.dsig.revocation.CrlRegistry`'s question.
 """
 
 from __future__ import annotations
@@ -87,10 +87,18 @@ def _checked_extensions(crl: x509.CertificateRevocationList, origin: str) -> tup
         elif isinstance(value, x509.DeltaCRLIndicator):
             raise CrlUnusableError(f"CRL from {origin} is a delta CRL: configure the CA's complete CRL")
         elif isinstance(value, x509.IssuingDistributionPoint):
-            if value.indirect_crl or value.only_some_reasons or value.only_contains_attribute_certs:
+            if value.indirect_crl or value.only_contains_attribute_certs:
                 raise CrlUnusableError(
-                    f"CRL from {origin} is indirect or partitioned by reason (issuingDistributionPoint): "
-                    "configure the CA's complete CRL"
+                    f"CRL from {origin} is indirect or for attribute certificates "
+                    "(issuingDistributionPoint): configure the CA's complete CRL"
+                )
+            partition = _partition(value)
+            if partition:
+                # Sources are configured per CA, not read from certificates' cRLDistributionPoints: the bus
+                # cannot tell which certificates such a CRL covers, and must not take it for the whole.
+                raise CrlUnusableError(
+                    f"CRL from {origin} covers only one partition of the CA's certificates "
+                    f"(issuingDistributionPoint {partition}): configure the CA's complete CRL"
                 )
             only_ca, only_user = value.only_contains_ca_certs, value.only_contains_user_certs
         elif extension.critical:
@@ -98,6 +106,23 @@ def _checked_extensions(crl: x509.CertificateRevocationList, origin: str) -> tup
                 f"CRL from {origin} has an unknown critical extension {extension.oid.dotted_string}"
             )
     return number, only_ca, only_user
+
+
+def _partition(scope: x509.IssuingDistributionPoint) -> str:
+    """What of *scope* limits the CRL to a part of the CA's certificates ("" for none)."""
+    parts = []
+    if scope.full_name is not None:
+        names = ", ".join(
+            name.value.rfc4514_string() if isinstance(name, x509.DirectoryName) else str(name.value)
+            for name in scope.full_name
+        )
+        parts.append(f"distributionPoint {names}")
+    if scope.relative_name is not None:
+        parts.append(f"distributionPoint {scope.relative_name.rfc4514_string()} (relative to the issuer)")
+    if scope.only_some_reasons is not None:
+        reasons = ", ".join(sorted(reason.value for reason in scope.only_some_reasons))
+        parts.append(f"onlySomeReasons {reasons}")
+    return "; ".join(parts)
 
 
 def _entries(crl: x509.CertificateRevocationList, origin: str) -> dict[int, RevokedEntry]:

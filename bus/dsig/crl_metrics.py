@@ -7,7 +7,8 @@
 * ``bus_revocation_unknown_refused_total{ca}``: refused because the status could not be checked (policy
   ``refuse``);
 * ``bus_revocation_unchecked_total{ca,kind}``: accepted without a check (policy ``accept-and-flag``;
-  kind ``stale``, ``unavailable`` or ``not-covered``).
+  kind ``stale``, ``unavailable``, ``not-covered``, or ``no-crl`` for a CA, root or intermediate, without
+  a CRL configured).
 """
 
 from __future__ import annotations

@@ -9,11 +9,14 @@ A CRL is used only once :func:`bus.dsig.crl.load_crl` found it sound (issuer, si
 dates), and only if it is not older than the one already held: a replayed old CRL would hide newer
 revocations. A CRL applies to the CA it is configured for, matched on name *and* key.
 
-When the status of a certificate cannot be established (the CA's CRL is stale, never loaded, or does not
-cover that kind of certificate) the deployment's :class:`RevocationPolicy` decides: ``refuse`` (default)
-raises :class:`~bus.errors.RevocationUnknownError`; ``accept-and-flag`` accepts, counts it in
+Once a registry exists every link of a chain must be checkable: a certificate whose issuer (a trust
+anchor or an intermediate from ``KeyInfo``) has no CRL configured has an unknown status, as much as one
+whose CA's CRL is stale, never loaded, or does not cover that kind of certificate. The deployment's
+:class:`RevocationPolicy` then decides: ``refuse`` (default) raises
+:class:`~bus.errors.RevocationUnknownError`; ``accept-and-flag`` accepts, counts it in
 ``CrlRegistry.unchecked`` and reports an :class:`UncheckedRevocation` (a warning log line by default).
-A certificate listed on a CRL is refused whatever the policy, even when that CRL is stale.
+A certificate listed on a CRL is refused whatever the policy, even when that CRL is stale. Without a
+registry (no ``[revocation]`` CRL at all) nothing is checked.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class UncheckedRevocation:
     certificate: str  # the certificate whose status is unknown: the signer or an intermediate
     serial: int
     ca: str
-    kind: str  # "stale", "unavailable" or "not-covered"
+    kind: str  # "stale", "unavailable", "not-covered" or "no-crl" (the issuer has no CRL configured)
     reason: str
 
     def __str__(self) -> str:
@@ -144,9 +147,11 @@ class CrlRegistry:
         policy: RevocationPolicy = RevocationPolicy.REFUSE,
         *,
         on_unchecked: Callable[[UncheckedRevocation], None] = _log_unchecked,
+        how_to_add: str = "add a [[revocation.crls]] entry for it (its certificate as ca, its CRL as crl)",
     ) -> None:
         self.policy = policy
         self._on_unchecked = on_unchecked
+        self._how_to_add = how_to_add  # the remedy named when a chain passes a CA without a CRL
         self._slots: dict[tuple[bytes, bytes], _Slot] = {}
         for source in sources:
             key = _ca_key(source.ca)
@@ -217,9 +222,13 @@ class CrlRegistry:
         signer: x509.Certificate | None = None,
     ) -> None:
         """Raise if *certificate* (issued by *issuer*) is revoked, or if its status is unknown and the
-        policy is ``refuse``. Nothing happens when *issuer* has no CRL configured. Pure, in memory."""
+        policy is ``refuse``. An *issuer* with no CRL configured leaves the status unknown (``no-crl``):
+        the policy decides, as for a stale CRL. Pure, in memory."""
         slot = self._slots.get(_ca_key(issuer))
         if slot is None:
+            ca = _describe(issuer)
+            reason = f"no CRL is configured for {ca}, which issued it"
+            self._unknown(certificate, signer or certificate, ca, "no-crl", reason, remedy=self._how_to_add)
             return
         source, crl = slot.source, slot.crl
         if crl is not None and crl.covers(certificate):
@@ -253,30 +262,32 @@ class CrlRegistry:
             reason = (
                 f"no usable CRL of {source.ca_name} from {source.location}: {slot.error or 'not loaded yet'}"
             )
-        self._unknown(certificate, signer or certificate, source, kind, reason)
+        self._unknown(certificate, signer or certificate, source.ca_name, kind, reason)
 
     def _unknown(
         self,
         certificate: x509.Certificate,
         signer: x509.Certificate,
-        source: CrlSource,
+        ca: str,
         kind: str,
         reason: str,
+        *,
+        remedy: str = "make the CRL reachable",
     ) -> None:
         if self.policy is RevocationPolicy.REFUSE:
-            self.refused_unknown[source.ca_name] += 1
+            self.refused_unknown[ca] += 1
             raise RevocationUnknownError(
                 f"revocation of certificate {_describe(certificate)} (serial {certificate.serial_number:#x}) "
                 f"cannot be checked: {reason}; refused by policy (revocation.on_unavailable = 'refuse'): "
-                "make the CRL reachable, or set 'accept-and-flag' to accept such signatures with a warning"
+                f"{remedy}, or set 'accept-and-flag' to accept such signatures with a warning"
             )
-        self.unchecked[source.ca_name, kind] += 1
+        self.unchecked[ca, kind] += 1
         self._on_unchecked(
             UncheckedRevocation(
                 _describe(signer),
                 _describe(certificate),
                 certificate.serial_number,
-                source.ca_name,
+                ca,
                 kind,
                 reason,
             )
@@ -307,7 +318,12 @@ def registry_from_files(
         # Namesakes: the CA whose key signed the CRL; load_crl below refuses it if none did.
         signed = [ca for ca in named if _signs(ca, data)]
         loaded.append((CrlSource((signed or named)[0], str(path)), data))
-    registry = CrlRegistry([source for source, _ in loaded], policy, on_unchecked=on_unchecked)
+    registry = CrlRegistry(
+        [source for source, _ in loaded],
+        policy,
+        on_unchecked=on_unchecked,
+        how_to_add="give its CRL with --crl (its certificate must be one of the --ca)",
+    )
     for source, data in loaded:
         registry.install(source, load_crl(data, source.ca, now=now, origin=source.location), now)
     return registry

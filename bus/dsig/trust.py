@@ -6,10 +6,11 @@ issuer must be a CA (basicConstraints) allowed to sign certificates (keyUsage), 
 must be valid at the time of verification, and the signer's keyUsage, when present, must allow
 digital signatures (or non-repudiation, as Vietnamese CAs issue for document signing).
 
-With a :class:`~bus.dsig.revocation.CrlRegistry`, every link whose issuer has a CRL configured is
-checked against it once the chain is built, from the trust anchor down (a revoked intermediate is
-reported before the certificates it issued). The check is an in-memory look-up: CRLs are fetched and
-refreshed elsewhere (:mod:`bus.dsig.crl_refresh`).
+With a :class:`~bus.dsig.revocation.CrlRegistry`, every link of the chain is checked once the chain is
+built, from the trust anchor down (a revoked intermediate is reported before the certificates it issued):
+against its issuer's CRL, or, when that issuer (anchor or intermediate) has none configured, as a
+certificate whose status is unknown, which the registry's policy refuses or flags. The check is an
+in-memory look-up: CRLs are fetched and refreshed elsewhere (:mod:`bus.dsig.crl_refresh`).
 """
 
 from __future__ import annotations

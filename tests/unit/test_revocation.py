@@ -183,6 +183,18 @@ async def test_unreachable_crl_follows_the_policy(
         ({"issuer": "other"}, "is issued by .*, not by"),
         ({"delta_of": 1}, "delta CRL"),
         ({"this_update": "future"}, "in the future"),
+        (
+            {
+                "scope": x509.IssuingDistributionPoint(
+                    None, None, False, False, frozenset({x509.ReasonFlags.key_compromise}), False, False
+                )
+            },
+            "covers only one partition .*onlySomeReasons keyCompromise",
+        ),
+        (
+            {"scope": x509.IssuingDistributionPoint(None, None, False, False, None, True, False)},
+            "is indirect",
+        ),
     ],
 )
 def test_unusable_crls_are_refused_with_the_reason(pki: Pki, broken: dict[str, object], reason: str) -> None:
@@ -196,6 +208,8 @@ def test_unusable_crls_are_refused_with_the_reason(pki: Pki, broken: dict[str, o
     if "this_update" in broken:
         options["this_update"] = NOW + dt.timedelta(hours=1)
         options["next_update"] = NOW + dt.timedelta(days=1)
+    if "scope" in broken:
+        options["scope"] = broken["scope"]
     crl = make_crl(pki.ca, **options)  # type: ignore[arg-type]
     with pytest.raises(CrlUnusableError, match=reason):
         load_crl(der(crl), pki.ca.certificate, now=NOW, origin="test")
@@ -308,9 +322,84 @@ def test_intermediates_are_checked_against_their_issuers_crl(pki: Pki, document_
     )
     with pytest.raises(CertificateRevokedError, match="CN=Sở Tài chính"):
         verify_tree(envelope, trust)
-    # Only the root has a CRL and it lists nobody: the intermediate's issuance is not checked.
-    [result] = verify_tree(envelope, TrustStore([pki.ca.certificate], _registry_of(_loaded(pki.ca))))
+
+
+def test_an_intermediate_without_a_crl_is_refused_naming_the_ca(pki: Pki, document_bytes: bytes) -> None:
+    """root -> sub-CA -> signer with only the root's CRL: the signer's status is unknown, not fine."""
+    envelope = _signed(document_bytes, pki.via_intermediate, pki.intermediate.certificate)
+    registry = _registry_of(_loaded(pki.ca))  # lists nobody: the intermediate itself is in good standing
+    intermediate = pki.intermediate.certificate.subject.rfc4514_string()
+    with pytest.raises(RevocationUnknownError) as refused:
+        verify_tree(envelope, TrustStore([pki.ca.certificate], registry))
+    message = str(refused.value)
+    assert message.startswith(
+        f"revocation of certificate {pki.via_intermediate.certificate.subject.rfc4514_string()} (serial "
+    )
+    assert f"no CRL is configured for {intermediate}, which issued it" in message
+    assert "add a [[revocation.crls]] entry for it" in message
+    assert registry.refused_unknown[intermediate] == 1
+    assert not registry.unchecked
+
+
+def test_an_intermediate_without_a_crl_under_accept_and_flag_is_accepted_logged_and_counted(
+    pki: Pki, document_bytes: bytes
+) -> None:
+    envelope = _signed(document_bytes, pki.via_intermediate, pki.intermediate.certificate)
+    source, data = _loaded(pki.ca)
+    registry = CrlRegistry([source], RevocationPolicy.ACCEPT_AND_FLAG)
+    registry.install(source, load_crl(data, source.ca, now=NOW, origin=source.location), NOW)
+    intermediate = pki.intermediate.certificate.subject.rfc4514_string()
+    signer = pki.via_intermediate.certificate.subject.rfc4514_string()
+    with structlog.testing.capture_logs() as lines:
+        [result] = verify_tree(envelope, TrustStore([pki.ca.certificate], registry))
     assert result.signer == pki.via_intermediate.certificate
+    [line] = [line for line in lines if line["event"] == "signature.revocation_unchecked"]
+    assert line["log_level"] == "warning"
+    assert (line["signer"], line["certificate"], line["ca"], line["kind"]) == (
+        signer,
+        signer,
+        intermediate,
+        "no-crl",
+    )
+    assert line["reason"] == f"no CRL is configured for {intermediate}, which issued it"
+    assert registry.unchecked == {(intermediate, "no-crl"): 1}
+    metrics = CollectorRegistry()
+    metrics.register(RevocationCollector(registry, clock=lambda: NOW))
+    exposed = generate_latest(metrics).decode()
+    assert f'bus_revocation_unchecked_total{{ca="{intermediate}",kind="no-crl"}} 1.0' in exposed
+
+
+def test_with_the_intermediates_crl_added_the_same_signer_is_accepted(
+    pki: Pki, document_bytes: bytes
+) -> None:
+    """The remedy the refusal names works: root and intermediate both with a CRL, the chain is checked."""
+    envelope = _signed(document_bytes, pki.via_intermediate, pki.intermediate.certificate)
+    only_root = _registry_of(_loaded(pki.ca))
+    with pytest.raises(RevocationUnknownError, match="CN=Test Intermediate"):
+        verify_tree(envelope, TrustStore([pki.ca.certificate], only_root))
+    both = _registry_of(_loaded(pki.ca), _loaded(pki.intermediate))
+    with structlog.testing.capture_logs() as lines:
+        [result] = verify_tree(envelope, TrustStore([pki.ca.certificate], both))
+    assert result.signer == pki.via_intermediate.certificate
+    assert [line for line in lines if line["event"] == "signature.revocation_unchecked"] == []
+    assert not both.unchecked
+    assert not both.refused_unknown
+
+
+def test_a_trusted_ca_without_a_crl_leaves_its_certificates_unknown_once_crls_are_configured(
+    pki: Pki, document_bytes: bytes
+) -> None:
+    """A registry exists (another trusted CA has a CRL): a root without one is no silent pass either."""
+    registry = _registry_of(_loaded(pki.other_ca))
+    trust = TrustStore([pki.ca.certificate, pki.other_ca.certificate], registry)
+    with pytest.raises(
+        RevocationUnknownError,
+        match=r"no CRL is configured for O=Development PKI,CN=Test CA, which issued it",
+    ):
+        verify_tree(_signed(document_bytes, pki.ec), trust)
+    # Without any registry nothing is checked, as before.
+    [result] = verify_tree(_signed(document_bytes, pki.ec), TrustStore([pki.ca.certificate]))
+    assert result.signer == pki.ec.certificate
 
 
 def test_a_crl_that_leaves_ca_certificates_out_cannot_vouch_for_an_intermediate(pki: Pki) -> None:
@@ -327,8 +416,45 @@ def test_a_crl_that_leaves_ca_certificates_out_cannot_vouch_for_an_intermediate(
 def test_a_crl_for_a_namesake_ca_does_not_apply(pki: Pki) -> None:
     namesake = make_ca("Test CA")  # same name as pki.ca, another key
     registry = _registry_of(_loaded(namesake, pki.rsa.certificate))
-    registry.check(pki.rsa.certificate, pki.ca.certificate, NOW)  # not pki.ca's CRL: nothing to say
     assert not registry.covers(pki.ca.certificate)
+    # Not pki.ca's CRL: it neither revokes pki.ca's certificate nor vouches for it.
+    with pytest.raises(RevocationUnknownError, match="no CRL is configured for"):
+        registry.check(pki.rsa.certificate, pki.ca.certificate, NOW)
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        x509.IssuingDistributionPoint(
+            [x509.UniformResourceIdentifier("http://crl.ca.example/part-7.crl")],
+            None,
+            False,
+            False,
+            None,
+            False,
+            False,
+        ),
+        x509.IssuingDistributionPoint(
+            None,
+            x509.RelativeDistinguishedName([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CRL7")]),
+            False,
+            False,
+            None,
+            False,
+            False,
+        ),
+    ],
+    ids=["full-name", "relative-name"],
+)
+def test_a_crl_for_one_distribution_point_is_refused_as_a_partition(
+    pki: Pki, scope: x509.IssuingDistributionPoint
+) -> None:
+    """A partitioned CRL lists only the revocations of its partition: taken for the whole, it would vouch
+    for a revoked certificate of another partition."""
+    crl = make_crl(pki.ca, scope=scope)
+    with pytest.raises(CrlUnusableError, match=r"covers only one partition .*distributionPoint") as refused:
+        load_crl(der(crl), pki.ca.certificate, now=NOW, origin="part-7.crl")
+    assert "configure the CA's complete CRL" in str(refused.value)
 
 
 @pytest.mark.asyncio

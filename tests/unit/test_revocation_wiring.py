@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
@@ -15,10 +16,10 @@ from lxml import etree
 from bus.cli import main
 from bus.dsig import TrustStore, sign_tree
 from bus.dsig.crl_refresh import CrlRefresher
-from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy
-from bus.errors import CertificateRevokedError, ConfigError
+from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy, load_crl
+from bus.errors import CertificateRevokedError, ConfigError, RevocationUnknownError
 from bus.intake import Intake, NodeIdentity
-from bus.node import intake_policy, revocation_registry
+from bus.node import _cas_without_crl, intake_policy, revocation_registry
 from bus.organ_id import OrganId
 from bus.pki import Issued, issue_certificate, make_ca
 from bus.settings import Settings, load_settings
@@ -58,9 +59,9 @@ def _pem(path: Path, certificate: x509.Certificate) -> str:
     return str(path)
 
 
-def _signed(body: bytes, signer: Issued) -> bytes:
+def _signed(body: bytes, signer: Issued, *chain: x509.Certificate) -> bytes:
     tree = parse_untrusted(body)
-    sign_tree(tree, signer.key, signer.certificate)
+    sign_tree(tree, signer.key, signer.certificate, list(chain))
     return etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
 
 
@@ -90,12 +91,37 @@ async def test_the_intake_refuses_an_envelope_from_a_revoked_signer(
         ):
             await intake.accept(_signed(document_bytes, pki.rsa), sender=PROVINCE)
         assert publisher.sent == []
-        assert store.pending == store.accepted == {}
+        assert store.pending == {}
+        assert store.accepted == {}
         # The same envelope signed by a certificate the CRL does not list goes through.
         await intake.accept(_signed(document_bytes, pki.ec), sender=PROVINCE)
         assert publisher.sent != []
     finally:
         await refresher.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_intake_does_not_take_a_signer_whose_intermediate_ca_has_no_crl(
+    topology: Topology, pki: Pki, document_bytes: bytes
+) -> None:
+    """root -> sub-CA -> signer, with a CRL for the root only: not accepted (temporarily), nothing moves."""
+    finance = OrganId.parse("000.00.02.H99")  # pki.via_intermediate's UID
+    source = CrlSource(pki.ca.certificate, "ca.crl")
+    registry = CrlRegistry([source])
+    now = dt.datetime.now(dt.UTC)
+    registry.install(
+        source, load_crl(der(make_crl(pki.ca)), pki.ca.certificate, now=now, origin="ca.crl"), now
+    )
+    publisher, store = FakePublisher(), FakeStore()
+    intake = _intake(topology, pki, publisher, store, trust=TrustStore([pki.ca.certificate], registry))
+    body = _signed(
+        make_document(str(finance), ["000.00.21.H99"], 73), pki.via_intermediate, pki.intermediate.certificate
+    )
+    with pytest.raises(RevocationUnknownError, match=r"no CRL is configured for .*CN=Test Intermediate"):
+        await intake.accept(body, sender=finance)
+    assert publisher.sent == []
+    assert store.pending == {}
+    assert store.accepted == {}
 
 
 # -- settings and the node's wiring ---------------------------------------------------------------------
@@ -174,6 +200,39 @@ def test_every_ca_can_be_required_to_have_a_crl(tmp_path: Path, pki: Pki, axis_c
     settings = load_settings(_config(tmp_path, pki, axis_ca, only_ours))
     with pytest.raises(ConfigError, match=r"no CRL is listed for .*CN=CA của Bộ"):
         revocation_registry(settings)
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"), [("refuse", "refused"), ("accept-and-flag", "accepted and flagged")]
+)
+def test_a_trusted_ca_without_a_crl_is_announced_at_start_up_with_what_becomes_of_its_signatures(
+    tmp_path: Path, pki: Pki, axis_ca: Issued, policy: str, outcome: str
+) -> None:
+    only_ours = (
+        f'[revocation]\non_unavailable = "{policy}"\n[[revocation.crls]]\nca = "ca.pem"\ncrl = "x.crl"\n'
+    )
+    settings = load_settings(_config(tmp_path, pki, axis_ca, only_ours))
+    with structlog.testing.capture_logs() as lines:
+        registry = revocation_registry(settings)
+    assert registry is not None
+    [line] = [line for line in lines if line["event"] == "revocation.no_crl"]
+    assert line["log_level"] == "warning"
+    assert line["ca"] == axis_ca.certificate.subject.rfc4514_string()
+    assert line["consequence"] == f"signatures whose chain passes this CA are {outcome}"
+    # Node.start logs revocation.not_checked for these: none is left unchecked once a registry exists.
+    assert _cas_without_crl(settings, registry) == []
+
+
+def test_without_a_revocation_section_nothing_is_checked_and_every_ca_is_announced(
+    tmp_path: Path, pki: Pki, axis_ca: Issued
+) -> None:
+    settings = load_settings(_config(tmp_path, pki, axis_ca, ""))
+    with structlog.testing.capture_logs() as lines:
+        assert revocation_registry(settings) is None
+    assert [line for line in lines if line["event"] == "revocation.no_crl"] == []
+    assert _cas_without_crl(settings, None) == sorted(
+        [pki.ca.certificate.subject.rfc4514_string(), axis_ca.certificate.subject.rfc4514_string()]
+    )
 
 
 @pytest.mark.asyncio
@@ -269,6 +328,24 @@ def test_verify_with_a_stale_crl_refuses_unless_told_to_flag(
     assert out.startswith(f"{args[-1]}: OK")
     assert f"{args[-1]}: warning: accepted signature of " in err
     assert "is stale" in err
+
+
+def test_verify_with_a_crl_refuses_a_signer_whose_intermediate_has_none(
+    tmp_path: Path, pki: Pki, document_bytes: bytes, capsys: Capture
+) -> None:
+    args = _verify_files(tmp_path, pki, document_bytes, make_crl(pki.ca))
+    envelope = Path(args[-1])
+    envelope.write_bytes(_signed(document_bytes, pki.via_intermediate, pki.intermediate.certificate))
+    assert main(["verify", *args]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{envelope}: INVALID")
+    intermediate = pki.intermediate.certificate.subject.rfc4514_string()
+    assert f"no CRL is configured for {intermediate}, which issued it" in err
+    assert "give its CRL with --crl" in err
+    assert main(["verify", "--crl-policy", "accept-and-flag", *args]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{envelope}: OK")
+    assert "without a revocation check" in err
 
 
 def test_verify_refuses_a_crl_of_a_ca_not_trusted(
