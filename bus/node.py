@@ -151,6 +151,7 @@ def intake_policy(settings: Settings, revocation: CrlRegistry | None = None) -> 
         axis_require_signature=settings.national_axis.require_signature,
         trusted_axes=frozenset(settings.national_axis.trusted_axes),
         max_recipients=settings.intake.max_recipients,
+        max_fanout_bytes=settings.intake.max_fanout_bytes,
     )
 
 

@@ -148,15 +148,17 @@ class RevocationSettings(_Section):
     """Revocation of signers' certificates, checked against the CRLs of trusted CAs (issue 10).
 
     Applies to both trust stores (node.trust: agencies' CAs; national_axis.trust: other provinces' and
-    ministries' CAs). A chain link is checked when its issuer has a CRL listed here; with none listed,
-    nothing is checked (start-up logs a warning per trusted CA left unchecked)."""
+    ministries' CAs). With no CRL listed nothing is checked (start-up logs a warning per trusted CA).
+    With at least one, every link of a chain must be checkable: a certificate whose issuer (a trusted
+    CA or an intermediate) has no CRL listed has an unknown status, which ``on_unavailable`` decides."""
 
     crls: tuple[CrlSourceSettings, ...] = ()
     # When a listed CA's CRL is stale (past nextUpdate, not refreshed), unreachable or unusable:
     # "refuse" the signature, or "accept-and-flag" it (warning log line, bus_revocation_unchecked_total).
     # A certificate a CRL lists is refused either way.
     on_unavailable: Literal["refuse", "accept-and-flag"] = "refuse"
-    # Start-up stops when a CA of node.trust or national_axis.trust has no CRL listed.
+    # Start-up stops when a CA of node.trust or national_axis.trust has no CRL listed (intermediates are
+    # known only when a chain passes them: their missing CRL is caught then, as an unknown status).
     require_for_every_ca: bool = False
     # A CRL is fetched again at its nextUpdate and at least this often (a CA may publish early after an
     # urgent revocation); a failed fetch is retried every retry_s.
