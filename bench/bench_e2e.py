@@ -35,7 +35,7 @@ import aio_pika
 import httpx
 from lxml import etree
 
-from bus.client import AgencyClient
+from adapters.http.client import AgencyClient
 from bus.dsig import load_certificates, load_private_key, sign_tree
 from bus.pki import init_pki
 from bus.settings import load_settings

@@ -13,8 +13,8 @@ and the signature is ``HMAC-SHA256(secret, canonical)`` over the UTF-8 bytes of:
     BUS-HMAC-SHA256 \\n METHOD \\n /path?query \\n timestamp \\n nonce \\n agency \\n body-sha256
 
 (one line each, joined by ``\\n``, no trailing newline). The same function signs in the client
-(:mod:`bus.client`) and checks in the server, so the two cannot drift apart; docs/http-api.md shows a
-worked example that other languages can test against.
+(:mod:`adapters.http.client`) and checks in the server, so the two cannot drift apart;
+docs/http-api.md shows a worked example that other languages can test against.
 """
 
 from __future__ import annotations

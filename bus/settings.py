@@ -37,6 +37,7 @@ __all__ = [
     "Operator",
     "Settings",
     "load_settings",
+    "load_topology",
 ]
 
 
@@ -305,3 +306,8 @@ def load_settings(path: Path) -> Settings:
         )
         raise ConfigError(f"configuration {path} is invalid: {reasons}") from exc
     return settings
+
+
+def load_topology(path: Path) -> Topology:
+    """The topology part of a configuration file (the development PKI needs no more)."""
+    return load_settings(path).topology

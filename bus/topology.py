@@ -1,7 +1,7 @@
 """A province's axis as configuration: the bus node itself and every agency node.
 
-Loaded from a TOML file (``config/example-province.toml``). Issue 3 wires it into the settings; the
-development PKI (:mod:`bus.pki`) already reads it to make one key and certificate per node.
+Part of the settings file (``config/example-province.toml``): :func:`bus.settings.load_topology` reads
+it; the development PKI (:mod:`bus.pki`) makes one key and certificate per node from it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from bus.organ_id import OrganId
 
-__all__ = ["Agency", "AgencyLevel", "BusNode", "Topology", "load_topology"]
+__all__ = ["Agency", "AgencyLevel", "BusNode", "Topology"]
 
 
 class AgencyLevel(enum.StrEnum):
@@ -89,10 +89,3 @@ class Topology(_Strict):
     def within(self, ancestor: OrganId) -> tuple[Agency, ...]:
         """Every agency at or under *ancestor* (a district's agencies, a whole province)."""
         return tuple(a for a in self.agencies if a.organ_id.is_within(ancestor))
-
-
-def load_topology(path: Path) -> Topology:
-    """The topology part of a configuration file (see :func:`bus.settings.load_settings`)."""
-    from bus.settings import load_settings  # settings build on this module
-
-    return load_settings(path).topology

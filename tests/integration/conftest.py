@@ -19,8 +19,8 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from adapters.rabbitmq import BrokerNames, declare_topology, open_channel
 from bus.pki import init_pki
-from bus.settings import Settings, load_settings
-from bus.topology import Agency, Topology, load_topology
+from bus.settings import Settings, load_settings, load_topology
+from bus.topology import Agency, Topology
 from tests.conftest import ROOT
 
 AMQP_URL = os.environ.get("BUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -18,8 +18,8 @@ from adapters.http import ApiContext
 from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
 from adapters.store import StatusStore
 from bus.intake import Intake
-from bus.node import Node
 from bus.settings import load_settings
+from entrypoints.runtime import Node
 from tests.conftest import ROOT
 from tests.integration.dashboard_seed import OPERATOR, PASSWORD, Sample, dashboard_settings, record_sample
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from bus.client import AgencyClient, ApiFailure
+from adapters.http.client import AgencyClient, ApiFailure
 
 __all__ = ["ServeProcess", "free_port", "stream_envelopes"]
 
@@ -43,7 +43,15 @@ class ServeProcess:
         env = {**os.environ, "BUS_HTTP__PORT": str(self.port)}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bus.cli", "serve", "--config", str(self.config), "--json-logs"],
+                [
+                    sys.executable,
+                    "-m",
+                    "entrypoints.cli",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--json-logs",
+                ],
                 stdout=out,
                 stderr=out,
                 env=env,

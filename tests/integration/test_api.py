@@ -17,12 +17,12 @@ import pytest_asyncio
 from lxml import etree
 
 from adapters.http import create_app
+from adapters.http.client import AgencyClient, ApiFailure
 from bus.auth import sign_request
-from bus.client import AgencyClient, ApiFailure
 from bus.dsig import TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
-from bus.node import Node
 from bus.settings import Settings
 from bus.xmlparse import parse_untrusted
+from entrypoints.runtime import Node
 from tests.factory import make_document, make_status
 
 pytestmark = pytest.mark.asyncio

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.client import AgencyClient
+from adapters.http.client import AgencyClient
 from bus.settings import load_settings
 from tests.conftest import ROOT
 from tests.factory import make_document

@@ -45,7 +45,11 @@ async def served(tmp_path: Path, pki_dir: Path) -> AsyncIterator[tuple[Path, Ser
 
 def bus(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "entrypoints.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -131,7 +135,7 @@ async def test_configuration_and_connection_problems_exit_2(
 
 
 def _spawn_watch(config: Path, bus_id: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "bus.cli", "status", "--config", str(config), bus_id]
+    command = [sys.executable, "-m", "entrypoints.cli", "status", "--config", str(config), bus_id]
     return subprocess.Popen(
         [*command, "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

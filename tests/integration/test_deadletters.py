@@ -23,11 +23,11 @@ from adapters.rabbitmq.deadletters import REPLAY_HEADER, DeadLetterWorker, Repla
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from adapters.store.store import DeadLetter
-from bus.cli_operator import add_commands
 from bus.delivery import AcceptedDocument, DeliveryState
 from bus.organ_id import OrganId
 from bus.routing import agency_key
 from bus.topology import Topology
+from entrypoints.cli_operator import add_commands
 from tests.integration.conftest import fresh_database, write_config
 
 pytestmark = pytest.mark.asyncio

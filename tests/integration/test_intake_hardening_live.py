@@ -17,12 +17,12 @@ import pytest_asyncio
 from lxml import etree
 
 from adapters.http import create_app
-from bus.client import AgencyClient, ApiFailure
+from adapters.http.client import AgencyClient, ApiFailure
 from bus.dsig import load_certificates, load_private_key, sign_tree
-from bus.node import Node
 from bus.pki import Issued, issue_certificate, make_ca
 from bus.settings import IntakeSettings, Settings
 from bus.xmlparse import parse_untrusted
+from entrypoints.runtime import Node
 from tests.factory import make_document
 from tests.integration.test_api import signed_by
 

@@ -17,11 +17,11 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.http import ApiContext, create_app
+from adapters.http.client import AgencyClient, ApiFailure
 from adapters.store import StatusStore
-from bus.client import AgencyClient, ApiFailure
 from bus.delivery import DeliveryState
-from bus.node import Node
 from bus.settings import Settings
+from entrypoints.runtime import Node
 from tests.factory import make_document, make_status
 from tests.integration.conftest import delete_broker_objects
 from tests.integration.test_api import COMMUNE, DISTRICT, HOME_AFFAIRS, wait_for_inbox

@@ -559,7 +559,7 @@ async def test_routing_picks_the_most_specific_system() -> None:
 
 _RUN_COMMAND = (
     "import argparse, sys\n"
-    "from bus.cli_axis import add_commands\n"
+    "from entrypoints.cli_axis import add_commands\n"
     "parser = argparse.ArgumentParser(prog='bus')\n"
     "add_commands(parser.add_subparsers(dest='command', required=True))\n"
     "args = parser.parse_args(sys.argv[1:])\n"

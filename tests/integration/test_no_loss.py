@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from adapters.http.client import AgencyClient
 from adapters.rabbitmq import BrokerNames
-from bus.client import AgencyClient
 from bus.settings import Settings, load_settings
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, fresh_database, write_config

@@ -22,9 +22,9 @@ from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import CircuitState
 from adapters.rabbitmq import BrokerNames
 from bus.delivery import DeliveryState, TimelineEvent
-from bus.node import Node
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
+from entrypoints.runtime import Node
 from mock_axis import MockAxisConfig, RunningMockAxis, load_mock_config, serve_mock_axis
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, write_config
@@ -126,7 +126,11 @@ async def _send(node: Node, recipient: str, number: int) -> str:
 
 def _bus(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bus.cli", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "entrypoints.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -17,11 +17,11 @@ from prometheus_client import generate_latest
 
 from bus.dsig import load_certificates, load_private_key, sign_tree
 from bus.errors import CertificateRevokedError
-from bus.node import Node
 from bus.organ_id import OrganId
 from bus.pki import Issued
 from bus.settings import load_settings
 from bus.xmlparse import parse_untrusted
+from entrypoints.runtime import Node
 from tests.conftest import EXAMPLES
 from tests.crlkit import der, make_crl, serve_crls
 from tests.integration.conftest import delete_broker_objects, write_config
@@ -84,7 +84,7 @@ async def test_an_unreachable_crl_is_a_temporary_503_never_a_refusal_of_the_enve
     import httpx
 
     from adapters.http import create_app
-    from bus.client import AgencyClient, ApiFailure
+    from adapters.http.client import AgencyClient, ApiFailure
 
     ca = _issued(pki_dir, "ca")
     with serve_crls() as server:  # answers 404 for /ca.crl until the CA publishes it

@@ -25,10 +25,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from bus.client import AgencyClient
+from adapters.http.client import AgencyClient
 from bus.pki import init_pki
-from bus.settings import load_settings
-from bus.topology import load_topology
+from bus.settings import load_settings, load_topology
 from tests.conftest import ROOT
 from tests.factory import make_document, make_status
 from tests.integration.conftest import fresh_database
@@ -61,7 +60,7 @@ class MockAxis:
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self) -> None:
-        command = [sys.executable, "-m", "bus.cli", "mock-axis", "--config", str(self.config)]
+        command = [sys.executable, "-m", "entrypoints.cli", "mock-axis", "--config", str(self.config)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [*command, "--port", str(self.port), "--database", self.database], stdout=out, stderr=out

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bus.cli import main
 from bus.dsig import TrustStore, verify_tree
 from bus.envelope import EnvelopeKind, read_envelope
 from bus.errors import EnvelopeInvalidError, SignatureMissingError
 from bus.pki import make_ca
 from bus.xmlparse import parse_untrusted
+from entrypoints.cli import main
 from tests.conftest import INTEROP, TODAY
 
 pytestmark = pytest.mark.interop

@@ -15,12 +15,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from bus.cli import main
 from bus.dsig import ensure_trace_list, signature_template
 from bus.dsig.keys import signature_method_for
 from bus.pki import Issued
 from bus.trace import append_trace
 from bus.xmlparse import parse_untrusted
+from entrypoints.cli import main
 from tests.conftest import Pki, q
 
 XMLSEC1 = shutil.which("xmlsec1")

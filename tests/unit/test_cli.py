@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bus.cli import main
+from entrypoints.cli import main
 from tests.conftest import ROOT, Pki
 
 Capture = pytest.CaptureFixture[str]
@@ -115,13 +115,15 @@ def test_pki_init_bad_topology_names_the_field(tmp_path: Path, capsys: Capture) 
 
 def test_console_script_is_installed(document_bytes: bytes, tmp_path: Path) -> None:
     """``bus`` is the entry point pyproject.toml declares, installed beside the interpreter, and it is
-    ``bus.cli:main``: the same usage, exit codes and output (issue 10: ``python -m bus.cli`` proved
-    nothing about ``[project.scripts]``)."""
+    ``entrypoints.cli:main``: the same usage, exit codes and output (issue 10: ``python -m
+    entrypoints.cli`` proved nothing about ``[project.scripts]``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project.get("scripts", {}).get("bus") == "bus.cli:main", "pyproject.toml: [project.scripts] bus"
+    assert project.get("scripts", {}).get("bus") == "entrypoints.cli:main", (
+        "pyproject.toml: [project.scripts] bus"
+    )
     installed = [e for e in metadata.entry_points(group="console_scripts") if e.name == "bus"]
     assert [(e.value, e.dist.name if e.dist else None) for e in installed] == [
-        ("bus.cli:main", project["name"])
+        ("entrypoints.cli:main", project["name"])
     ], "the installed metadata is stale: run scripts/setup.sh (pip install -e '.[dev]')"
     script = Path(sys.executable).parent / "bus"
     assert os.access(script, os.X_OK), f"{script} is missing: run scripts/setup.sh (pip install -e '.[dev]')"

@@ -12,10 +12,10 @@ import pytest
 
 from adapters.dashboard.sessions import Operators, SessionCodec, SessionState
 from adapters.dashboard.throttle import LoginThrottle, ThrottlePolicy, client_key
-from bus.cli import main
 from bus.errors import ConfigError
 from bus.passwords import hash_password, parse_password_hash, verify_password
 from bus.settings import DashboardSettings, Operator, load_settings
+from entrypoints.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example-province.toml"

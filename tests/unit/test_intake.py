@@ -26,7 +26,8 @@ from bus.intake import Intake, IntakePolicy, NodeIdentity
 from bus.organ_id import OrganId
 from bus.pki import issue_certificate
 from bus.routing import DestinationKind
-from bus.topology import Topology, load_topology
+from bus.settings import load_topology
+from bus.topology import Topology
 from bus.xmlparse import parse_untrusted
 from tests.conftest import ROOT, Pki, q
 from tests.factory import make_document, make_status

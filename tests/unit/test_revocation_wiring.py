@@ -13,18 +13,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
-from bus.cli import main
 from bus.dsig import TrustStore, sign_tree
 from bus.dsig.crl_refresh import CrlRefresher
 from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy, load_crl
 from bus.errors import CertificateRevokedError, ConfigError, RevocationUnknownError
 from bus.intake import Intake, NodeIdentity
-from bus.node import _cas_without_crl, intake_policy, revocation_registry
 from bus.organ_id import OrganId
 from bus.pki import Issued, issue_certificate, make_ca
-from bus.settings import Settings, load_settings
-from bus.topology import Topology, load_topology
+from bus.settings import Settings, load_settings, load_topology
+from bus.topology import Topology
 from bus.xmlparse import parse_untrusted
+from entrypoints.bootstrap import _cas_without_crl, intake_policy, revocation_registry
+from entrypoints.cli import main
 from tests.conftest import ROOT, Pki
 from tests.crlkit import CrlServer, der, make_crl, serve_crls
 from tests.factory import make_document

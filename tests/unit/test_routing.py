@@ -10,7 +10,8 @@ import pytest
 from bus.errors import ConfigError
 from bus.organ_id import OrganId
 from bus.routing import DestinationKind, agency_key, binding_keys, group_key, route
-from bus.topology import AgencyLevel, Topology, load_topology
+from bus.settings import load_topology
+from bus.topology import AgencyLevel, Topology
 from tests.conftest import ROOT
 
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import httpx
 
-from adapters.store import StatusStore
+from adapters.http.client import AgencyClient, ApiFailure
 from bus.checks import VN_TZ
-from bus.client import AgencyClient, ApiFailure
 from bus.errors import ConfigError
 from bus.logs import configure_logging
 from bus.model import StatusCode
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
+from entrypoints.bootstrap import open_store
 
 __all__ = ["add_commands"]
 
@@ -62,7 +62,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bus.node import Node  # imports the server stack only for this command
+    from entrypoints.runtime import Node  # imports the server stack only for this command
 
     settings = load_settings(args.config)
     configure_logging(json=args.json_logs)
@@ -178,7 +178,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 async def document_status(settings: Settings, document_id: str) -> list[dict[str, Any]]:
     """Every document whose DocumentId (or bus id) is *document_id*, with recipients and timeline."""
-    store = StatusStore.connect(settings.database.url)
+    store = open_store(settings)
     try:
         found = [d for d in await store.find(document_id) if d.kind == "document"] or await store.find(
             document_id

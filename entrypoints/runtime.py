@@ -13,146 +13,44 @@ import datetime as dt
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aio_pika
 import structlog
 import uvicorn
 from aio_pika.abc import AbstractRobustConnection
-from cryptography.hazmat.primitives import hashes
 from starlette.applications import Starlette
 
-from adapters.dashboard import create_dashboard
+from adapters.dashboard import RelativeRedirects, create_dashboard
 from adapters.http import ApiContext, create_app
 from adapters.http.health import Readiness, axis_check, broker_check
 from adapters.http.metrics import NodeMetrics
 from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
-from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
+from adapters.rabbitmq import BrokerNames, declare_topology
 from adapters.rabbitmq.deadletters import DeadLetterWorker, ReplayResult, replay
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from adapters.store.dashboard_queries import create_dashboard_indexes
-from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
-from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy
 from bus.errors import BrokerError, ConfigError
-from bus.intake import Intake, IntakePolicy, NodeIdentity
+from bus.intake import Intake
 from bus.settings import Settings
-from bus.xmlparse import XmlLimits
+from entrypoints.bootstrap import (
+    _cas_without_crl,
+    broker_names,
+    connect_broker,
+    intake_policy,
+    new_publisher,
+    node_identity,
+    open_store,
+    revocation_registry,
+)
 
-__all__ = ["Node", "intake_policy", "node_identity"]
+__all__ = ["Node"]
 
 log = structlog.get_logger("bus.node")
-
-
-def node_identity(settings: Settings) -> NodeIdentity:
-    node = settings.node
-    if node.key is None or node.certificate is None:
-        raise ConfigError(
-            "node.key and node.certificate must name the bus's signing key and certificate "
-            "(for development: bus pki init --topology FILE --out DIR)"
-        )
-    key = load_private_key(settings.path(node.key))
-    certificates = load_certificates(settings.path(node.certificate))
-    if not certificates:
-        raise ConfigError(f"{node.certificate}: no certificate in the file")
-    return NodeIdentity(node.organ_id, key, certificates[0])
-
-
-def revocation_registry(settings: Settings) -> CrlRegistry | None:
-    """The CRLs of ``[revocation]``, not loaded yet (the node's :class:`CrlRefresher` loads them), or
-    None when none is listed. Both trust stores share it.
-
-    With a registry every link of a chain must be checkable: a certificate issued by a CA without a CRL
-    listed has an unknown status, which ``on_unavailable`` refuses or flags. A trusted CA without one is
-    logged here (``revocation.no_crl``), or stops start-up with ``require_for_every_ca``; an intermediate
-    CA is only known when a chain passes it, and is caught then, at verification."""
-    section = settings.revocation
-    sources = []
-    for entry in section.crls:
-        cas = load_certificates(settings.path(entry.ca))
-        if len(cas) != 1:
-            raise ConfigError(
-                f"revocation.crls: {entry.ca} holds {len(cas)} certificates; name one CA per entry"
-            )
-        location = entry.crl if "://" in entry.crl else str(settings.path(Path(entry.crl)))
-        sources.append(CrlSource(cas[0], location))
-    registry = CrlRegistry(sources, RevocationPolicy(section.on_unavailable)) if sources else None
-    missing = _cas_without_crl(settings, registry, unchecked_only=False)
-    if missing and section.require_for_every_ca:
-        raise ConfigError(
-            "revocation.require_for_every_ca is set, and no CRL is listed for the trusted CA(s) "
-            f"{'; '.join(missing)}: add a [[revocation.crls]] entry for each"
-        )
-    if registry is not None:
-        outcome = "refused" if registry.policy is RevocationPolicy.REFUSE else "accepted and flagged"
-        for ca in missing:
-            log.warning(
-                "revocation.no_crl",
-                ca=ca,
-                reason="no [[revocation.crls]] entry for this CA",
-                consequence=f"signatures whose chain passes this CA are {outcome}",
-                policy=registry.policy.value,
-            )
-    return registry
-
-
-def _cas_without_crl(
-    settings: Settings, registry: CrlRegistry | None, *, unchecked_only: bool = True
-) -> list[str]:
-    """The trusted CAs (node.trust, national_axis.trust) with no CRL in *registry*. With *unchecked_only*,
-    only those whose certificates go unchecked: all without a registry, none with one (their
-    certificates' status is then unknown, and ``on_unavailable`` refuses or flags them)."""
-    if registry is not None and unchecked_only:
-        return []
-    paths = (*settings.node.trust, *settings.national_axis.trust)
-    cas = {ca for path in paths for ca in load_certificates(settings.path(path))}
-    return sorted(ca.subject.rfc4514_string() for ca in cas if registry is None or not registry.covers(ca))
-
-
-def intake_policy(settings: Settings, revocation: CrlRegistry | None = None) -> IntakePolicy:
-    """The intake's checks from *settings*. *revocation* is the CRL registry the node keeps fresh; without
-    one, one is built from ``[revocation]`` but never loaded (under ``refuse`` a signature whose chain
-    passes a CA with a CRL listed is then refused)."""
-    crls = revocation if revocation is not None else revocation_registry(settings)
-    trust = (
-        TrustStore.from_pem_files([settings.path(p) for p in settings.node.trust], crls)
-        if settings.node.trust
-        else None
-    )
-    signed = frozenset(str(a.organ_id) for a in settings.agencies if a.require_signature)
-    if signed and trust is None:
-        raise ConfigError(
-            f"agencies {', '.join(sorted(signed))} must sign, "
-            "but node.trust names no CA to check their signatures against"
-        )
-    pinned = {}
-    for agency in settings.agencies:
-        if agency.certificate is not None:
-            [cert, *_] = load_certificates(settings.path(agency.certificate))
-            pinned[str(agency.organ_id)] = cert.fingerprint(hashes.SHA256())
-    return IntakePolicy(
-        trust=trust,
-        signed_senders=signed,
-        pinned=pinned,
-        signatures=SignatureConfig(
-            sha1_senders=frozenset(str(a.organ_id) for a in settings.agencies if a.allow_sha1)
-        ),
-        limits=XmlLimits(max_bytes=settings.http.max_body_bytes),
-        axis_trust=(
-            TrustStore.from_pem_files([settings.path(p) for p in settings.national_axis.trust], crls)
-            if settings.national_axis.trust
-            else None
-        ),
-        axis_require_signature=settings.national_axis.require_signature,
-        trusted_axes=frozenset(settings.national_axis.trusted_axes),
-        max_recipients=settings.intake.max_recipients,
-        max_fanout_bytes=settings.intake.max_fanout_bytes,
-    )
 
 
 @dataclass
@@ -170,8 +68,6 @@ class Node:
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
-        from adapters.dashboard import RelativeRedirects
-
         app = create_app(self.api)
         if self.dashboard is not None:
             app.mount("/dashboard", self.dashboard)
@@ -189,11 +85,7 @@ class Node:
             log.warning("revocation.not_checked", ca=ca, reason="no [[revocation.crls]] entry for this CA")
         policy = intake_policy(settings, crls)
         topology = settings.topology
-        # hide_parameters: a database error's message (logged) never carries a statement's values,
-        # among them envelope bodies and request nonces.
-        store = StatusStore.connect(
-            settings.database.url, pool_size=settings.database.pool_size, hide_parameters=True
-        )
+        store = open_store(settings)
         try:
             await store.create_schema()
             # create_all adds indexes only with new tables: a store made before them gets them here.
@@ -202,15 +94,15 @@ class Node:
             await store.close()
             raise ConfigError(f"cannot open the status store {settings.database.url}: {exc}") from exc
         try:
-            connection = await aio_pika.connect_robust(settings.amqp.url, timeout=15)
-        except Exception as exc:
+            connection = await connect_broker(settings)
+        except BrokerError:
             await store.close()
-            raise BrokerError(f"cannot connect to RabbitMQ at {_safe_url(settings.amqp.url)}: {exc}") from exc
-        names = BrokerNames(settings.amqp.prefix)
+            raise
+        names = broker_names(settings)
         declare = await connection.channel()
         await declare_topology(declare, topology, names, retry_delays=settings.national_axis.retry_delays_ms)
         await declare.close()
-        publisher = Publisher(await open_channel(connection), names, timeout=settings.amqp.publish_timeout_s)
+        publisher = await new_publisher(connection, settings)
         intake = Intake(topology, identity, publisher, store, policy)
         secrets = {str(a.organ_id): s for a in settings.agencies if (s := settings.secret_of(a)) is not None}
         api = ApiContext(
@@ -242,9 +134,7 @@ class Node:
             consume = await connection.channel()
             await consume.set_qos(prefetch_count=settings.amqp.prefetch)
             # Dead letters of poison messages go through a confirming channel of their own.
-            worker = InboxWorker(
-                consume, topology, names, store, Publisher(await open_channel(connection), names)
-            )
+            worker = InboxWorker(consume, topology, names, store, await new_publisher(connection, settings))
             await worker.start()
         dead_letters = None
         if workers:
@@ -365,7 +255,7 @@ async def _axis_link(
     breaker = CircuitBreaker(threshold=axis.breaker_failures, open_s=axis.breaker_open_s)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=axis.prefetch)
-    publisher = Publisher(await open_channel(connection), names)
+    publisher = await new_publisher(connection, settings)
     link = AxisLink(
         client,
         RelayOut(channel, names, store, publisher, client, breaker, retry_delays_ms=axis.retry_delays_ms),
@@ -403,7 +293,7 @@ async def _dashboard(
 ) -> Starlette:
     """The operators' dashboard, with the two things it needs from the node: the national axis link's
     state (with the outbound backlog from RabbitMQ) and replays through a confirming channel."""
-    publisher = Publisher(await open_channel(connection), names, timeout=settings.amqp.publish_timeout_s)
+    publisher = await new_publisher(connection, settings)
     peek = await connection.channel()
 
     async def replay_ids(ids: list[int]) -> list[ReplayResult]:
@@ -439,13 +329,3 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password (logged and printed)."""
-    scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"

@@ -17,18 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-from aiormq.exceptions import AMQPError
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.rabbitmq import BrokerNames, Publisher, open_channel
 from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult, replay
-from adapters.store import StatusStore
 from adapters.store.store import DeadLetter
-from bus.cli_service import _local, _table
-from bus.errors import BrokerError, BusError
+from bus.errors import BusError
 from bus.passwords import hash_password
 from bus.settings import Settings, load_settings
+from entrypoints.bootstrap import connect_broker_once, new_publisher, open_store
+from entrypoints.cli_service import _local, _table
 
 __all__ = ["add_commands"]
 
@@ -93,7 +90,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
 
     async def run() -> list[DeadLetter]:
-        store = StatusStore.connect(settings.database.url)
+        store = open_store(settings)
         try:
             return await store.dead_letters(
                 include_replayed=args.all, limit=args.limit, before_id=args.before
@@ -131,18 +128,11 @@ def _describe(result: ReplayResult) -> str:
 
 
 async def _replay(settings: Settings, ids: list[int]) -> list[ReplayResult]:
-    store = StatusStore.connect(settings.database.url)
+    store = open_store(settings)
     try:
+        connection = await connect_broker_once(settings)
         try:
-            connection = await aio_pika.connect(settings.amqp.url, timeout=15)
-        except (AMQPError, OSError, TimeoutError) as exc:
-            where = settings.amqp.url.rpartition("@")[2]  # never print the password
-            raise BrokerError(f"cannot connect to RabbitMQ at {where}: {exc!r}") from exc
-        try:
-            channel = await open_channel(connection)
-            publisher = Publisher(
-                channel, BrokerNames(settings.amqp.prefix), timeout=settings.amqp.publish_timeout_s
-            )
+            publisher = await new_publisher(connection, settings)
             return await replay(store, publisher, ids, dt.datetime.now(dt.UTC))
         finally:
             await connection.close()

@@ -16,16 +16,16 @@ from pathlib import Path
 from lxml import etree
 
 from bus.checks import sender_text
-from bus.cli_axis import add_commands as add_axis_commands
-from bus.cli_operator import add_commands as add_operator_commands
-from bus.cli_service import add_commands
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key, sign_tree, verify_tree
 from bus.dsig.revocation import RevocationPolicy, UncheckedRevocation, registry_from_files
 from bus.envelope import check_tree, read_envelope
 from bus.errors import BusError, ConfigError, EnvelopeInvalidError, InputError, RevocationUnknownError
 from bus.pki import init_pki
-from bus.topology import load_topology
+from bus.settings import load_topology
 from bus.xmlparse import parse_untrusted
+from entrypoints.cli_axis import add_commands as add_axis_commands
+from entrypoints.cli_operator import add_commands as add_operator_commands
+from entrypoints.cli_service import add_commands
 
 __all__ = ["main"]
 
