@@ -252,7 +252,9 @@ def read_document(root: etree._Element, c: Collector) -> DocumentEnvelope | None
     places = (
         []
         if places_el is None
-        else [p for p in (c.text_of(e, max_len=_LIMITS["Place"]) for e in c.children(places_el, "Place")) if p]
+        else [
+            p for p in (c.text_of(e, max_len=_LIMITS["Place"]) for e in c.children(places_el, "Place")) if p
+        ]
     )
     other_info = _read_other_info(c, c.one(message, "OtherInfo", required=False))
     response_for = [
