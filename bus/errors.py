@@ -5,12 +5,14 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     BusError
     ├── InputError (ValueError)          the input is bad: fix the input, not the bus
     │   ├── UnsafeXmlError               DTD, entity, oversized or too deep XML: refused before use
+    │   │   └── XmlTooLargeError         over the size limit (the API's 413 too-large)
     │   ├── MalformedXmlError            not well-formed XML, or not UTF-8
     │   ├── InvalidOrganIdError          an OrganId that is not V.Z.Y.MXX
     │   ├── EnvelopeInvalidError         schema or business checks failed; carries every problem
     │   ├── ForgedSenderError            From is not the authenticated agency
     │   ├── DuplicateEnvelopeError       the same (sender, DocumentId, business type) was accepted before
     │   ├── UnknownDocumentError         concerns a document this axis never carried
+    │   ├── PoisonMessageError           a broker message without the bus's headers: dead-lettered
     │   └── SignatureError               missing, broken, forged or untrusted signature
     │       ├── SignatureMissingError
     │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
@@ -23,7 +25,10 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   └── UnroutableError              no queue is bound for the routing key (never a silent drop)
     └── AxisError                        the national axis did not do what was asked
         ├── AxisUnavailableError         temporary: timeout, refused connection, 5xx
-        └── AxisRejectedError            permanent: the axis answered and refused
+        ├── AxisRejectedError            permanent: the axis answered and refused
+        ├── AuthFailure                  the axis protocol: a request's signed headers do not verify
+        │                                (adapters.national_axis.protocol)
+        └── Refusal                      the mock axis answers FAIL with an ErrorCode (mock_axis.sending)
 
 The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage).
 """
@@ -50,6 +55,7 @@ __all__ = [
     "InputError",
     "InvalidOrganIdError",
     "MalformedXmlError",
+    "PoisonMessageError",
     "Problem",
     "RevocationUnknownError",
     "SignatureError",
@@ -58,6 +64,7 @@ __all__ = [
     "UnroutableError",
     "UnsafeXmlError",
     "WeakAlgorithmError",
+    "XmlTooLargeError",
 ]
 
 
@@ -71,6 +78,11 @@ class InputError(BusError, ValueError):
 
 class UnsafeXmlError(InputError):
     """XML refused before use: DTD, entities, too large or too deeply nested."""
+
+
+class XmlTooLargeError(UnsafeXmlError):
+    """Larger than the size limit: refused unread. Its own type so that the API answers 413 by type, not
+    by the wording of the message."""
 
 
 class MalformedXmlError(InputError):
@@ -153,6 +165,11 @@ class DuplicateEnvelopeError(InputError):
 
 class UnknownDocumentError(InputError):
     """The envelope concerns a document this axis never carried, and cannot be delivered without it."""
+
+
+class PoisonMessageError(InputError):
+    """A message on a bus queue that the bus did not write: its ``x-bus-*`` headers or message id are
+    missing or malformed. It goes to the dead-letter queue with this reason, never back to its queue."""
 
 
 class AxisError(BusError):

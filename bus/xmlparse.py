@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from bus.errors import MalformedXmlError, UnsafeXmlError
+from bus.errors import MalformedXmlError, UnsafeXmlError, XmlTooLargeError
 
 __all__ = ["DEFAULT_LIMITS", "XmlLimits", "parse_untrusted"]
 
@@ -90,9 +90,10 @@ def _new_parser() -> etree.XMLParser:
 
 
 def parse_untrusted(data: bytes, limits: XmlLimits = DEFAULT_LIMITS) -> etree._ElementTree:
-    """Parse *data* as untrusted XML, or raise :class:`UnsafeXmlError` / :class:`MalformedXmlError`."""
+    """Parse *data* as untrusted XML, or raise :class:`UnsafeXmlError` (:class:`XmlTooLargeError` over
+    ``limits.max_bytes``) / :class:`MalformedXmlError`."""
     if len(data) > limits.max_bytes:
-        raise UnsafeXmlError(f"XML body of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
+        raise XmlTooLargeError(f"XML body of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes")
     if not data.strip():
         raise MalformedXmlError("empty body: expected an edXML document")
     _check_prolog(data)

@@ -69,6 +69,7 @@ from bus.errors import (
     SignatureError,
     UnknownDocumentError,
     UnsafeXmlError,
+    XmlTooLargeError,
 )
 from bus.intake import Intake
 from bus.organ_id import OrganId
@@ -186,9 +187,10 @@ class _Api:
             raise ApiError(409, "duplicate", str(exc), bus_id=exc.bus_id) from None
         except ForgedSenderError as exc:
             raise ApiError(403, "forged-sender", str(exc)) from None
+        except XmlTooLargeError as exc:
+            raise ApiError(413, "too-large", str(exc)) from None
         except UnsafeXmlError as exc:
-            status = 413 if "exceeds the limit" in str(exc) else 400
-            raise ApiError(status, "too-large" if status == 413 else "unsafe-xml", str(exc)) from None
+            raise ApiError(400, "unsafe-xml", str(exc)) from None
         except MalformedXmlError as exc:
             raise ApiError(400, "malformed-xml", str(exc)) from None
         except SignatureError as exc:
