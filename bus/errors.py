@@ -23,6 +23,8 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   └── CrlUnusableError             a CRL that is not its CA's, a delta, older than the one held
     ├── BrokerError                      the message broker refused or lost a publish: retry later
     │   └── UnroutableError              no queue is bound for the routing key (never a silent drop)
+    ├── StoreError                       the status store failed a read or a write (the database's error)
+    │   └── StoreUnavailableError        the database cannot be reached or the connection dropped: retry
     └── AxisError                        the national axis did not do what was asked
         ├── AxisUnavailableError         temporary: timeout, refused connection, 5xx
         ├── AxisRejectedError            permanent: the axis answered and refused
@@ -60,6 +62,8 @@ __all__ = [
     "RevocationUnknownError",
     "SignatureError",
     "SignatureMissingError",
+    "StoreError",
+    "StoreUnavailableError",
     "UnknownDocumentError",
     "UnroutableError",
     "UnsafeXmlError",
@@ -218,3 +222,17 @@ class RevocationUnknownError(BusError):
 class CrlUnusableError(ConfigError):
     """A CRL that cannot be used: unreadable, not signed by its CA, a delta or partitioned CRL, no
     nextUpdate, or older than the CRL already held."""
+
+
+# -- the status store (issue 11) ------------------------------------------------------------------------
+
+
+class StoreError(BusError):
+    """The status store failed a read or a write. The store raises it in place of SQLAlchemy's and the
+    database driver's errors (``raise ... from exc``), so that no caller sees them; the message names
+    the database (without its password) and the driver's error."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached, or the connection dropped: temporary, worth retrying later.
+    Check that the database runs and that ``[database] url`` points at it."""
