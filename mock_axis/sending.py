@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from adapters.national_axis.protocol import hash_file
-from bus.errors import InputError
+from bus.errors import AxisError, InputError
 from bus.organ_id import OrganId
 from bus.xmlparse import parse_untrusted
 from mock_axis.config import AxisSystem, MockAxisConfig
@@ -20,7 +20,7 @@ from mock_axis.config import AxisSystem, MockAxisConfig
 __all__ = ["Refusal", "Routing", "SendPlan", "plan_send"]
 
 
-class Refusal(Exception):
+class Refusal(AxisError):
     """A FAIL answer: ``ErrorCode`` *code*, ``ErrorDesc`` *description*, HTTP status *http*."""
 
     def __init__(self, code: str, description: str, http: int = 200) -> None:

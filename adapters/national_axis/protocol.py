@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bus.errors import AxisError
+
 __all__ = [
     "CONTENT_TYPE_JSON",
     "HEADER_PREFIX",
@@ -169,7 +171,7 @@ def signed_headers(
     return headers
 
 
-class AuthFailure(Exception):
+class AuthFailure(AxisError):
     """A request whose signed headers are missing, malformed, or do not verify."""
 
 
