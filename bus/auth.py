@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bus.errors import BusError
+
 __all__ = [
     "MAX_AGENCY_CHARS",
     "SCHEME",
@@ -58,7 +60,7 @@ _AUTHORIZATION = re.compile(SCHEME + r" Signature=([0-9a-fA-F]{64})")
 _ECHO_CHARS = 40  # at most this much of a refused value is quoted back in an error message
 
 
-class AuthError(Exception):
+class AuthError(BusError):
     """The request is not authentic; ``code`` is the machine-readable reason (HTTP 401)."""
 
     def __init__(self, code: str, message: str) -> None:

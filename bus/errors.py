@@ -19,6 +19,9 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │       └── CertificateError         chain, validity or usage of the signer's certificate
     │           └── CertificateRevokedError  on its CA's CRL (serial, date, reason, CA)
     ├── RevocationUnknownError           a CRL is stale or unreachable: temporary, retry later (503)
+    ├── AuthError (bus.auth)             an agency API request is not authentic; ``code`` says why (401)
+    ├── ApiError (adapters.http)         the agency API refuses a request, with its HTTP status and code
+    ├── ApiFailure (adapters.http.client)  the agency API answered with an error (the client's side)
     ├── ConfigError                      a configuration or topology file is wrong
     │   └── CrlUnusableError             a CRL that is not its CA's, a delta, older than the one held
     ├── BrokerError                      the message broker refused or lost a publish: retry later

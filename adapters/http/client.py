@@ -10,13 +10,14 @@ from typing import Any
 import httpx
 
 from bus.auth import sign_request
+from bus.errors import BusError
 
 __all__ = ["AgencyClient", "ApiFailure"]
 
 _TRANSIENT = {502, 503, 504}
 
 
-class ApiFailure(Exception):
+class ApiFailure(BusError):
     """The API answered with an error; ``code`` and ``payload`` are its JSON error."""
 
     def __init__(self, status: int, code: str, message: str, payload: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
+from bus.errors import BusError
+
 __all__ = [
     "ApiError",
     "bounded_int",
@@ -27,7 +29,9 @@ _MAX_CONTENT_LENGTH_DIGITS = 19  # 10**19 bytes: larger than any limit, and int(
 _ECHO_CHARS = 64  # at most this much of a refused value is quoted back in an error message
 
 
-class ApiError(Exception):
+class ApiError(BusError):
+    """The API refuses the request: *status* and *code* are its answer (:func:`error_response`)."""
+
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         self.status, self.code, self.message, self.extra = status, code, message, extra
         super().__init__(message)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bus.errors import UnsafeXmlError, XmlTooLargeError
+from adapters.http.client import ApiFailure
+from adapters.http.reading import ApiError
+from bus.auth import AuthError
+from bus.errors import BusError, UnsafeXmlError, XmlTooLargeError
 from bus.xmlparse import XmlLimits, parse_untrusted
 
 
@@ -18,3 +21,8 @@ def test_other_unsafe_xml_is_not_taken_for_too_large() -> None:
     with pytest.raises(UnsafeXmlError) as caught:
         parse_untrusted(b"<a>" * 11 + b"</a>" * 11, XmlLimits(max_depth=10))
     assert not isinstance(caught.value, XmlTooLargeError)
+
+
+@pytest.mark.parametrize("error", [AuthError, ApiError, ApiFailure])
+def test_the_api_errors_are_in_the_one_tree(error: type[Exception]) -> None:
+    assert issubclass(error, BusError)
