@@ -13,6 +13,8 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │   ├── DuplicateEnvelopeError       the same (sender, DocumentId, business type) was accepted before
     │   ├── UnknownDocumentError         concerns a document this axis never carried
     │   ├── PoisonMessageError           a broker message without the bus's headers: dead-lettered
+    │   ├── BadAcknowledgementError      not processing, done or fail; a fail without its reason (400)
+    │   ├── AlreadyFinalError            acknowledged done or fail before: it cannot reopen (409)
     │   └── SignatureError               missing, broken, forged or untrusted signature
     │       ├── SignatureMissingError
     │       ├── WeakAlgorithmError       SHA-1 (or another refused algorithm) without an opt-in
@@ -45,9 +47,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AlreadyFinalError",
     "AxisError",
     "AxisRejectedError",
     "AxisUnavailableError",
+    "BadAcknowledgementError",
     "BrokerError",
     "BusError",
     "CertificateError",
@@ -177,6 +181,16 @@ class UnknownDocumentError(InputError):
 class PoisonMessageError(InputError):
     """A message on a bus queue that the bus did not write: its ``x-bus-*`` headers or message id are
     missing or malformed. It goes to the dead-letter queue with this reason, never back to its queue."""
+
+
+class BadAcknowledgementError(InputError):
+    """An inbox acknowledgement that is not ``processing``, ``done`` or ``fail`` with at most a short
+    reason, or a ``fail`` without its reason (:mod:`bus.access`)."""
+
+
+class AlreadyFinalError(InputError):
+    """The envelope was acknowledged ``done`` or ``fail`` before: a different acknowledgement cannot
+    reopen it (:func:`bus.access.confirm_acknowledged`)."""
 
 
 class AxisError(BusError):

@@ -56,9 +56,17 @@ from adapters.http.reading import (
     request_target,
 )
 from adapters.store.store import StatusStore
+from bus.access import (
+    ACKNOWLEDGEMENT_FORM,
+    acknowledgement,
+    confirm_acknowledged,
+    is_first_fetch,
+    may_read,
+)
 from bus.auth import SIGNING_HEADERS, AuthError, body_digest, read_headers, verify_request
-from bus.delivery import DeliveryState
 from bus.errors import (
+    AlreadyFinalError,
+    BadAcknowledgementError,
     BrokerError,
     DuplicateEnvelopeError,
     EnvelopeInvalidError,
@@ -80,7 +88,6 @@ __all__ = ["ApiContext", "create_app"]
 log = structlog.get_logger("bus.api")
 
 _XML_TYPES = ("application/xml", "text/xml", "application/octet-stream")
-_ACKS = {"processing": DeliveryState.PROCESSING, "done": DeliveryState.DONE, "fail": DeliveryState.FAIL}
 
 
 @dataclass
@@ -264,7 +271,7 @@ class _Api:
         item = await self.ctx.store.fetch(str(agency), item_id, now)
         if item is None or item.body is None:
             raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
-        first = item.fetched_at == now  # this request fetched it first: the inbox wait ends here
+        first = is_first_fetch(item.fetched_at, now)  # the inbox wait ends here
         if first:
             self.ctx.metrics.first_fetch(item.received_at, now)
         log.info(
@@ -293,28 +300,14 @@ class _Api:
         item_id = self._item_id(request)
         try:
             payload = json_object(body)
-            state = _ACKS[str(payload.get("state"))]
-        except (ValueError, KeyError, RecursionError):  # RecursionError: JSON nested too deep
-            raise ApiError(
-                400, "bad-acknowledgement", 'send {"state": "processing" | "done" | "fail", "reason": "..."}'
-            ) from None
-        reason = payload.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise ApiError(400, "bad-acknowledgement", "reason must be text")
-        if reason is not None and len(reason) > MAX_REASON_CHARS:
-            raise ApiError(
-                400, "bad-acknowledgement", f"reason has {len(reason)} characters; at most {MAX_REASON_CHARS}"
-            )
-        if state is DeliveryState.FAIL and not reason:
-            raise ApiError(400, "bad-acknowledgement", "a 'fail' acknowledgement needs a reason")
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
+            raise BadAcknowledgementError(ACKNOWLEDGEMENT_FORM) from None
+        ack = acknowledgement(payload.get("state"), payload.get("reason"), max_reason_chars=MAX_REASON_CHARS)
         now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
-        item = await self.ctx.store.acknowledge(str(agency), item_id, state, now, reason)
+        item = await self.ctx.store.acknowledge(str(agency), item_id, ack.state, now, ack.reason)
         if item is None:
             raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
-        if item.ack_state != state.value:
-            raise ApiError(
-                409, "already-final", f"envelope {item_id} was already acknowledged as {item.ack_state}"
-            )
+        confirm_acknowledged(item_id, ack, item.ack_state)
         log.info(
             "inbox.acknowledged",
             bus_id=item.bus_id,
@@ -322,7 +315,7 @@ class _Api:
             sender=item.sender,
             recipient=item.addressed_to,
             agency=str(agency),
-            state=state.value,
+            state=ack.state.value,
         )
         return JSONResponse(item_json(item))
 
@@ -352,8 +345,8 @@ class _Api:
         doc = await self.ctx.store.document(bus_id)
         rows = await self.ctx.store.deliveries(bus_id)
         mine = self.ctx.topology.agency(agency)
-        codes = {str(agency), *(str(a) for a in (mine.aliases if mine else ()))}
-        if doc is None or (doc.sender not in codes and not codes & {r.recipient for r in rows}):
+        former = mine.aliases if mine else ()
+        if doc is None or not may_read(agency, former, doc.sender, (r.recipient for r in rows)):
             raise ApiError(404, "not-found", f"no document {echo(bus_id)} sent or received by {agency}")
         timeline = await self.ctx.store.timeline(bus_id)
         return JSONResponse({**sent_json(doc, rows), "timeline": timeline_json(timeline)})
@@ -384,6 +377,10 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        except BadAcknowledgementError as exc:
+            return error_response(400, "bad-acknowledgement", str(exc))
+        except AlreadyFinalError as exc:
+            return error_response(409, "already-final", str(exc))
         except HTTPException:
             raise
         except Exception:
