@@ -12,7 +12,7 @@ publishes and the store write gets the same bus id, and its recipients' copies c
 ids: duplicates are absorbed downstream instead of lost upstream. The broker and the store are ports.
 
 The checks of sender, signatures and fan-out are in :mod:`bus.intake_checks`; what a status or a
-revocation concerns, in :mod:`bus.linking`.
+revocation concerns, in :mod:`bus.linking`; what each copy carries on the broker, :mod:`bus.headers`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,7 @@ from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import SigningKey, sign_tree
 from bus.envelope import ParsedEnvelope
 from bus.errors import DuplicateEnvelopeError, UnknownDocumentError
+from bus.headers import BusHeaders
 from bus.intake_checks import IntakeChecks, IntakePolicy
 from bus.linking import links_of
 from bus.model import DocumentEnvelope, StatusMessage
@@ -48,9 +49,8 @@ _DEFAULT_POLICY = IntakePolicy()
 
 
 class PublisherPort(Protocol):
-    async def deliver(
-        self, routing_key: str, body: bytes, *, message_id: str, headers: Mapping[str, str | int | bool] = ...
-    ) -> None: ...
+    async def deliver(self, routing_key: str, body: bytes, *, message_id: str, headers: BusHeaders) -> None:
+        """Publish one copy of an envelope; returns once the broker has it (raises BrokerError)."""
 
 
 class StorePort(Protocol):
@@ -192,13 +192,7 @@ class Intake:
                     destination.routing_key,
                     out,
                     message_id=f"{bus_id}|{recipient}",
-                    headers={
-                        "x-bus-id": bus_id,
-                        "x-bus-sender": str(sender),
-                        "x-bus-recipient": recipient,
-                        "x-bus-kind": parsed.kind.value,
-                        "x-bus-document-id": document_id,
-                    },
+                    headers=BusHeaders(bus_id, str(sender), recipient, parsed.kind.value, document_id),
                 )
                 for destination, recipient in zip(destinations, recipients, strict=True)
             )

@@ -35,9 +35,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from adapters.national_axis.client import NationalAxisClient, text_of
 from adapters.rabbitmq.deadletters import REPLAY_HEADER
+from adapters.rabbitmq.headers import ATTEMPT_HEADER
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
-from adapters.rabbitmq.publisher import ATTEMPT_HEADER, Publisher
+from adapters.rabbitmq.publisher import Publisher
 from adapters.store.store import AxisSend
 from bus.delivery import DeliveryState, TimelineEvent
 from bus.errors import AxisRejectedError, AxisUnavailableError, DuplicateEnvelopeError, InputError

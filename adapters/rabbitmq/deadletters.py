@@ -31,15 +31,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters.rabbitmq.headers import ATTEMPT_HEADER, DEAD_ID_HEADER, REASON_HEADER, SOURCE_HEADER
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
-from adapters.rabbitmq.publisher import (
-    ATTEMPT_HEADER,
-    DEAD_ID_HEADER,
-    REASON_HEADER,
-    SOURCE_HEADER,
-    Publisher,
-)
+from adapters.rabbitmq.publisher import Publisher
 from adapters.store.store import DeadLetter
 from bus.errors import BrokerError
 

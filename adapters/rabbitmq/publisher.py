@@ -10,18 +10,19 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 
+from adapters.rabbitmq.headers import (
+    ATTEMPT_HEADER,
+    DEAD_ID_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    HeaderValue,
+    to_amqp,
+)
 from adapters.rabbitmq.names import BrokerNames
 from bus.errors import BrokerError, UnroutableError
+from bus.headers import BusHeaders
 
 __all__ = ["Publisher", "open_channel"]
-
-HeaderValue = str | int | bool
-REASON_HEADER = "x-bus-reason"
-ATTEMPT_HEADER = "x-bus-attempt"
-SOURCE_HEADER = "x-bus-source-queue"
-# One dead-lettering, one id: the dead-letter worker stores each event once however often the broker
-# redelivers it, and the same message dead-lettered again (after a replay) is a new event.
-DEAD_ID_HEADER = "x-bus-dead-id"
 
 
 async def open_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -76,10 +77,11 @@ class Publisher:
             raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
 
     async def deliver(
-        self, routing_key: str, body: bytes, *, message_id: str, headers: Mapping[str, HeaderValue] = {}
+        self, routing_key: str, body: bytes, *, message_id: str, headers: BusHeaders | None = None
     ) -> None:
-        """Publish to the delivery exchange (an inbox, a group, or ``outbound``)."""
-        await self._publish(await self._exchange(), routing_key, body, message_id, headers)
+        """Publish one copy of an envelope to the delivery exchange (an inbox, a group, or ``outbound``)."""
+        amqp = {} if headers is None else to_amqp(headers)
+        await self._publish(await self._exchange(), routing_key, body, message_id, amqp)
 
     async def retry(
         self,

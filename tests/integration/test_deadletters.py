@@ -25,7 +25,6 @@ from adapters.store import StatusStore
 from adapters.store.store import DeadLetter
 from bus.delivery import AcceptedDocument, DeliveryState
 from bus.organ_id import OrganId
-from bus.routing import agency_key
 from bus.topology import Topology
 from entrypoints.cli_operator import add_commands
 from tests.integration.conftest import fresh_database, write_config
@@ -186,10 +185,11 @@ def delivery_headers(doc: AcceptedDocument) -> dict[str, str | int | bool]:
 async def delivered_then_rejected(
     channel: AbstractChannel, names: BrokerNames, doc: AcceptedDocument
 ) -> None:
-    """The commune's system-side consumer rejects the delivery: the broker dead-letters it."""
+    """The commune's system-side consumer rejects the delivery: the broker dead-letters it. (Published
+    straight to the inbox: the headers a delivery carries, and two more that must travel with it.)"""
     body = "<edXML>Ủy ban nhân dân</edXML>".encode()
-    await Publisher(channel, names).deliver(
-        agency_key(COMMUNE), body, message_id=f"{doc.bus_id}|{COMMUNE}", headers=delivery_headers(doc)
+    await Publisher(channel, names).to_queue(
+        names.inbox(COMMUNE), body, message_id=f"{doc.bus_id}|{COMMUNE}", headers=delivery_headers(doc)
     )
     inbox = await channel.get_queue(names.inbox(COMMUNE), ensure=False)
     message = await inbox.get(timeout=5)

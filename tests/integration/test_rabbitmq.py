@@ -10,8 +10,9 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology
-from adapters.rabbitmq.publisher import ATTEMPT_HEADER, REASON_HEADER, SOURCE_HEADER
+from adapters.rabbitmq.headers import ATTEMPT_HEADER, REASON_HEADER, SOURCE_HEADER
 from bus.errors import UnroutableError
+from bus.headers import BusHeaders
 from bus.organ_id import OrganId
 from bus.routing import agency_key, group_key
 from bus.topology import AgencyLevel, Topology
@@ -74,12 +75,21 @@ async def test_one_publish_reaches_one_agency_a_district_or_the_province(
 
 
 async def test_outbound_keeps_what_leaves_the_province(channel: AbstractChannel, names: BrokerNames) -> None:
+    headers = BusHeaders(
+        "b-1", "000.00.01.H99", "000.00.00.G22", "document", "000.00.01.H99,2026/11/20,7/STC"
+    )
     await Publisher(channel, names).deliver(
-        "outbound", "<gửi bộ/>".encode(), message_id="out-1", headers={"x-bus-recipient": "000.00.00.G22"}
+        "outbound", "<gửi bộ/>".encode(), message_id="out-1", headers=headers
     )
     [message] = await _drain(channel, names.outbound_queue)
     assert message.body.decode() == "<gửi bộ/>"
-    assert message.headers["x-bus-recipient"] == "000.00.00.G22"
+    assert message.headers.items() >= {
+        "x-bus-id": "b-1",
+        "x-bus-sender": "000.00.01.H99",
+        "x-bus-recipient": "000.00.00.G22",
+        "x-bus-kind": "document",
+        "x-bus-document-id": "000.00.01.H99,2026/11/20,7/STC",
+    }.items()  # and the broker's x-delivery-count
 
 
 async def test_unroutable_publish_is_an_error_not_a_silent_drop(

@@ -4,7 +4,7 @@ tests/integration/test_intake_live.py runs the same path on the real RabbitMQ an
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -22,6 +22,7 @@ from bus.errors import (
     SignatureMissingError,
     UnknownDocumentError,
 )
+from bus.headers import BusHeaders
 from bus.intake import Intake, IntakePolicy, NodeIdentity
 from bus.organ_id import OrganId
 from bus.pki import issue_certificate
@@ -39,15 +40,13 @@ pytestmark = pytest.mark.asyncio
 
 class FakePublisher:
     def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, bytes, str, dict[str, str | int | bool]]] = []
+        self.sent: list[tuple[str, bytes, str, BusHeaders]] = []
         self.fail = fail
 
-    async def deliver(
-        self, routing_key: str, body: bytes, *, message_id: str, headers: Mapping[str, str | int | bool] = {}
-    ) -> None:
+    async def deliver(self, routing_key: str, body: bytes, *, message_id: str, headers: BusHeaders) -> None:
         if self.fail:
             raise BrokerError("broker did not confirm")
-        self.sent.append((routing_key, body, message_id, dict(headers)))
+        self.sent.append((routing_key, body, message_id, headers))
 
 
 class FakeStore:
@@ -120,6 +119,22 @@ async def test_document_is_traced_signed_and_delivered_to_each_recipient(
     record, recipients = store.accepted[accepted.bus_id]
     assert recipients == [("000.00.21.H99", "local"), ("000.01.21.H99", "local")]
     assert record.code == "1234/UBND-KGVX"
+
+
+async def test_each_copy_carries_who_sent_it_to_whom_and_what(
+    topology: Topology, pki: Pki, document_bytes: bytes, status_bytes: bytes
+) -> None:
+    publisher, store = FakePublisher(), FakeStore()
+    intake = _intake(topology, pki, publisher, store)
+    document = await intake.accept(document_bytes, sender=PROVINCE)
+    district = OrganId.parse("000.00.21.H99")
+    status = await intake.accept(status_bytes, sender=district)
+    assert [headers for _, _, _, headers in publisher.sent] == [
+        BusHeaders(document.bus_id, str(PROVINCE), "000.00.21.H99", "document", document.document_id),
+        BusHeaders(document.bus_id, str(PROVINCE), "000.01.21.H99", "document", document.document_id),
+        # A status names the document it answers: the inbox lists it under that DocumentId.
+        BusHeaders(status.bus_id, str(district), str(PROVINCE), "status", document.document_id),
+    ]
 
 
 async def test_forged_sender_is_refused_and_nothing_moves(
