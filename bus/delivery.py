@@ -4,15 +4,29 @@ Every change is an event on the document's timeline, with its time and, for fail
 Events carry a key that makes writing them idempotent: a worker writes the event, then acknowledges
 its message; if it dies in between, the redelivered message writes the same key again and nothing is
 duplicated (issue 3, "a status write and the message acknowledgement are ordered").
+
+A delivery only moves forward (:func:`may_replace`): a late or redelivered event never takes it back.
+The records the store keeps (deliveries, inbox items, dead letters, what the national axis took) are
+defined here, so that adapters share one meaning of them; the store (adapters/store) only maps rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["AcceptedDocument", "DeliveryState", "TimelineEvent"]
+__all__ = [
+    "AcceptedDocument",
+    "AxisSend",
+    "DeadLetter",
+    "DeliveryRow",
+    "DeliveryState",
+    "InboxItem",
+    "TimelineEvent",
+    "may_replace",
+    "replaceable_by",
+]
 
 
 class DeliveryState(enum.StrEnum):
@@ -34,6 +48,11 @@ class DeliveryState(enum.StrEnum):
     def label(self) -> str:
         return _LABELS[self]
 
+    @property
+    def rank(self) -> int:
+        """How far along a delivery in this state is; see :func:`may_replace`."""
+        return _RANK[self]
+
 
 _LABELS = {
     DeliveryState.ACCEPTED: "Trục đã nhận",
@@ -50,6 +69,36 @@ _LABELS = {
     DeliveryState.REPLAYED: "Cán bộ vận hành cho gửi lại",
     DeliveryState.RELATED: "Có văn bản liên quan",
 }
+
+# A delivery only moves forward: a late or redelivered event never takes it back (queued after
+# fetched, say). States of equal rank replace each other (processing -> done).
+_RANK = {
+    DeliveryState.ACCEPTED: 0,
+    DeliveryState.RETRYING: 1,
+    DeliveryState.QUEUED: 2,
+    DeliveryState.SENT_TO_AXIS: 2,
+    DeliveryState.FETCHED: 3,
+    DeliveryState.STATUS: 3,
+    DeliveryState.PROCESSING: 4,
+    DeliveryState.DONE: 5,
+    DeliveryState.FAIL: 5,
+    DeliveryState.FAILED: 5,
+    DeliveryState.DEAD_LETTERED: 5,
+    # Set only by a replay (the store's ``mark_replayed``: the one step back, dead-lettered ->
+    # replayed); what follows a replay (queued, sent to the axis, fetched) moves the delivery on again.
+    DeliveryState.REPLAYED: 1,
+    DeliveryState.RELATED: 0,
+}
+
+
+def may_replace(current: DeliveryState, new: DeliveryState) -> bool:
+    """Whether an event in state *new* moves a delivery that is in state *current* (forward only)."""
+    return current.rank <= new.rank
+
+
+def replaceable_by(new: DeliveryState) -> list[DeliveryState]:
+    """The states a delivery may be in for an event in state *new* to move it (the store's condition)."""
+    return [state for state in _RANK if may_replace(state, new)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +132,70 @@ class TimelineEvent:
     state: DeliveryState
     at: dt.datetime
     detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One recipient's delivery of a document: its route and where it is now."""
+
+    recipient: str
+    route: str
+    state: DeliveryState
+    updated_at: dt.datetime
+    business_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One envelope in an agency's inbox; ``body`` only when fetched."""
+
+    id: int
+    message_id: str
+    agency: str
+    addressed_to: str
+    bus_id: str
+    sender: str
+    kind: str
+    document_id: str
+    received_at: dt.datetime
+    fetched_at: dt.datetime | None = None
+    ack_state: str | None = None
+    acked_at: dt.datetime | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message of the dead-letter queue as the store keeps it. ``id`` is 0 until stored; ``body`` is
+    None in listings; ``headers`` are what a replay puts back on the message."""
+
+    dead_key: str
+    message_id: str
+    source_queue: str
+    reason: str
+    dead_at: dt.datetime
+    bus_id: str | None = None
+    recipient: str | None = None
+    sender: str | None = None
+    document_id: str | None = None
+    kind: str | None = None
+    headers: dict[str, str | int | bool] = field(default_factory=dict)
+    body: bytes | None = None
+    id: int = 0
+    replayed_at: dt.datetime | None = None
+    replay_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AxisSend:
+    """One envelope the national axis answered OK for, not yet seen in its sent list."""
+
+    id: int
+    bus_id: str
+    recipient: str
+    axis_doc_id: str
+    message_id: str
+    kind: str
+    headers: dict[str, str | int | bool]
+    body: bytes | None
+    sent_at: dt.datetime

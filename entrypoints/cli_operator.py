@@ -17,11 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult, replay
 from adapters.store.store import DeadLetter
-from bus.errors import BusError
+from bus.errors import BusError, StoreError
 from bus.passwords import hash_password
 from bus.settings import Settings, load_settings
 from entrypoints.bootstrap import connect_broker_once, new_publisher, open_store
@@ -42,10 +40,10 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
+        except (StoreError, OSError) as exc:
+            _err(f"error: cannot use the status store: {exc}")
         except BusError as exc:  # ConfigError, BrokerError
             _err(f"error: {exc}")
-        except (SQLAlchemyError, OSError) as exc:
-            _err(f"error: cannot use the status store: {exc}")
         return EXIT_USAGE
 
     return run

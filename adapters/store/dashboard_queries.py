@@ -27,9 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.store.store import DeadLetter, DeliveryRow
 from adapters.store.tables import INBOX_PENDING, dead_letters, deliveries, documents, inbox, metadata
-from bus.delivery import DeliveryState
+from bus.delivery import DeadLetter, DeliveryRow, DeliveryState
 
 __all__ = [
     "DASHBOARD_INDEXES",
