@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.store.store import DeliveryRow, InboxItem
+from adapters.store import DeliveryRow, InboxItem
 from bus.delivery import AcceptedDocument, TimelineEvent
 from bus.topology import Topology
 

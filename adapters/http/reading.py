@@ -1,7 +1,7 @@
 """Reading an agency API request defensively: every header, parameter and body the handlers use goes
 through here, bounded and parsed whole, so that a bad value is an :class:`ApiError` (400, 404 or 413)
 and never an exception from the parsing itself (issue 10 item 3). Errors quote what the client sent
-only in part (:func:`echo`)."""
+only in part (:func:`adapters.http.errors.echo`)."""
 
 from __future__ import annotations
 
@@ -9,42 +9,13 @@ import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
 
-from bus.errors import BusError
+from adapters.http.errors import ApiError
 
-__all__ = [
-    "ApiError",
-    "bounded_int",
-    "echo",
-    "error_response",
-    "json_object",
-    "media_type",
-    "read_body",
-    "request_target",
-]
+__all__ = ["bounded_int", "json_object", "media_type", "read_body", "request_target"]
 
 _MAX_CONTENT_TYPE_CHARS = 200
 _MAX_CONTENT_LENGTH_DIGITS = 19  # 10**19 bytes: larger than any limit, and int() of it is cheap
-_ECHO_CHARS = 64  # at most this much of a refused value is quoted back in an error message
-
-
-class ApiError(BusError):
-    """The API refuses the request: *status* and *code* are its answer (:func:`error_response`)."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-        super().__init__(message)
-
-
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status, headers=headers)
-
-
-def echo(value: str) -> str:
-    """*value* quoted for an error message, cut short: what a client sent is not copied back whole."""
-    return repr(value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "…")
 
 
 def request_target(request: Request) -> str:
