@@ -22,7 +22,7 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │           └── CertificateRevokedError  on its CA's CRL (serial, date, reason, CA)
     ├── RevocationUnknownError           a CRL is stale or unreachable: temporary, retry later (503)
     ├── AuthError (bus.auth)             an agency API request is not authentic; ``code`` says why (401)
-    ├── ApiError (adapters.http)         the agency API refuses a request, with its HTTP status and code
+    ├── ApiError (adapters.http.errors)  the agency API refuses a request: its HTTP status and code
     ├── ApiFailure (adapters.http.client)  the agency API answered with an error (the client's side)
     ├── ConfigError                      a configuration or topology file is wrong
     │   └── CrlUnusableError             a CRL that is not its CA's, a delta, older than the one held
@@ -37,7 +37,9 @@ Every error the bus raises on purpose derives from :class:`BusError`::
         │                                (adapters.national_axis.protocol)
         └── Refusal                      the mock axis answers FAIL with an ErrorCode (mock_axis.sending)
 
-The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage).
+The CLI maps ``InputError`` to exit status 1 and ``ConfigError`` to 2 (usage). The agency API answers
+each error with the HTTP status and code that one table gives its type (``ANSWERS`` in
+:mod:`adapters.http.errors`).
 """
 
 from __future__ import annotations
