@@ -15,8 +15,6 @@ written. :func:`replay` sends stored dead letters back to their queues (``bus re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import enum
 import hashlib
@@ -27,15 +25,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.rabbitmq.headers import ATTEMPT_HEADER, DEAD_ID_HEADER, REASON_HEADER, SOURCE_HEADER
+from adapters.rabbitmq.consumer import QueueConsumer
+from adapters.rabbitmq.headers import (
+    DEAD_ID_HEADER,
+    NOT_RESTORED,
+    REASON_HEADER,
+    REPLAY_HEADER,
+    SOURCE_HEADER,
+    bus_fields,
+    restorable,
+)
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import Publisher
 from adapters.store.store import DeadLetter
-from bus.errors import BrokerError, StoreError
+from bus.errors import BrokerError
 
 __all__ = [
     "REPLAY_HEADER",
@@ -50,62 +57,12 @@ __all__ = [
 
 log = structlog.get_logger("bus.deadletters")
 
-# Set on a replayed message: "<dead letter id>/<random>". Should the broker dead-letter it again, its
-# x-death count starts at 1 again (a replay drops x-death); this header keeps that a new dead letter.
-REPLAY_HEADER = "x-bus-replay"
-
-# Headers about the dead-lettering itself, not the message: a replay does not put them back.
-_NOT_RESTORED = frozenset(
-    {
-        REASON_HEADER,
-        SOURCE_HEADER,
-        DEAD_ID_HEADER,
-        ATTEMPT_HEADER,  # a replay starts its retries afresh
-        REPLAY_HEADER,
-        "x-death",
-        "x-delivery-count",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-    }
-)
-# Column sizes of the dead_letters table: a longer header value is not what the bus wrote, so it is
-# dropped rather than made to fail the write (and hold the message) forever.
-_LIMITS = {
-    "x-bus-id": 36,
-    "x-bus-recipient": 32,
-    "x-bus-sender": 32,
-    "x-bus-document-id": 256,
-    "x-bus-kind": 16,
-}
-
 
 def _text(value: Any) -> str | None:
     if isinstance(value, bytes):  # pamqp hands over a non-UTF-8 string as bytes
         value = value.decode("utf-8", errors="replace")
     # PostgreSQL text cannot hold NUL.
     return value.replace("\x00", "") if isinstance(value, str) else None
-
-
-def _bus_field(headers: Mapping[str, Any], name: str) -> str | None:
-    value = _text(headers.get(name))
-    return value if value and len(value) <= _LIMITS[name] else None
-
-
-def _restorable(headers: Mapping[str, Any]) -> dict[str, str | int | bool]:
-    kept: dict[str, str | int | bool] = {}
-    for name, value in headers.items():
-        if name in _NOT_RESTORED:
-            continue
-        if isinstance(value, str | bool | int):
-            kept[name] = value
-        elif isinstance(value, bytes):
-            with contextlib.suppress(UnicodeDecodeError):
-                kept[name] = value.decode("utf-8")
-    return kept
 
 
 def _digest(*parts: object) -> str:
@@ -124,7 +81,7 @@ def read_dead_letter(
     death_queue = _text(death.get("queue")) or _text(headers.get("x-first-death-queue"))
     death_reason = _text(death.get("reason")) or _text(headers.get("x-first-death-reason"))
     source = _text(headers.get(SOURCE_HEADER)) or death_queue or ""
-    restorable = _restorable(headers)
+    kept = restorable(headers)
     body_sha = hashlib.sha256(body).hexdigest()
 
     reason = _text(headers.get(REASON_HEADER))
@@ -139,19 +96,22 @@ def read_dead_letter(
         count, time, replayed = death.get("count"), death.get("time"), _text(headers.get(REPLAY_HEADER))
         key = "x-death:" + _digest(message_id, death_queue, death_reason, count, time, replayed, body_sha)
     else:
-        key = "unknown:" + _digest(message_id, json.dumps(restorable, sort_keys=True), body_sha)
+        key = "unknown:" + _digest(message_id, json.dumps(kept, sort_keys=True), body_sha)
+    # A header longer than its column is not what the bus wrote: it is left out rather than made to
+    # fail the write (and hold the message) forever.
+    fields = bus_fields(headers)
     return DeadLetter(
         dead_key=key,
         message_id=(_text(message_id) or "(none)")[:256],
         source_queue=source[:256],
         reason=reason or "dead-lettered without a reason (no x-bus-reason, no x-death header)",
         dead_at=at,
-        bus_id=_bus_field(headers, "x-bus-id"),
-        recipient=_bus_field(headers, "x-bus-recipient"),
-        sender=_bus_field(headers, "x-bus-sender"),
-        document_id=_bus_field(headers, "x-bus-document-id"),
-        kind=_bus_field(headers, "x-bus-kind"),
-        headers=restorable,
+        bus_id=fields["bus_id"],
+        recipient=fields["recipient"],
+        sender=fields["sender"],
+        document_id=fields["document_id"],
+        kind=fields["kind"],
+        headers=kept,
         body=body,
     )
 
@@ -160,7 +120,7 @@ class DeadLetterStorePort(Protocol):
     async def store_dead_letter(self, item: DeadLetter) -> bool: ...
 
 
-class DeadLetterWorker:
+class DeadLetterWorker(QueueConsumer[AbstractIncomingMessage]):
     """Consumes the dead-letter queue into the store (declared beforehand by ``declare_topology``)."""
 
     def __init__(
@@ -172,36 +132,16 @@ class DeadLetterWorker:
         store_retry_s: float = 2.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
-        self._channel = channel
+        # No publisher: a dead letter is only ever written to the store, never dead-lettered again.
+        super().__init__(channel, None, name="deadletter", pause_s=store_retry_s)
         self._names = names
         self._store = store
         self._store_retry_s = store_retry_s
         self._clock = clock
-        self._consumer: tuple[AbstractQueue, str] | None = None
-        self._pending: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_each())
-        # Declared (passively) rather than looked up: a robust channel re-creates only the queues
-        # declared through it, and with them their consumers, after the broker comes back.
-        queue = await self._channel.declare_queue(self._names.dead_letter_queue, passive=True)
-        self._consumer = (queue, await queue.consume(self._pending.put))
-
-    async def stop(self, *, drain_s: float = 5.0) -> None:
-        """Stop taking messages and write what was taken (for up to *drain_s*); anything left
-        unacknowledged goes back to the queue when the channel closes."""
-        if self._consumer is not None:
-            queue, tag = self._consumer
-            await queue.cancel(tag)
-            self._consumer = None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pending.join(), drain_s)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        self._start_writer(self._write_each())
+        await self._subscribe(self._names.dead_letter_queue, self._pending.put)
 
     async def _write_each(self) -> None:
         # One at a time: dead letters are rare, and each is worth its own transaction and log line.
@@ -212,11 +152,8 @@ class DeadLetterWorker:
                     message.headers or {}, message_id=message.message_id, body=message.body, at=self._clock()
                 )
                 new = await self._write(item)
-                try:
-                    await message.ack()
-                except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
-                    # The channel died: the broker redelivers, and the dead_key absorbs the repeat.
-                    log.warning("deadletter.ack_failed", dead_key=item.dead_key, error=type(exc).__name__)
+                # Should the ack fail (the channel died), the broker redelivers: the dead_key absorbs it.
+                await self._ack(message, dead_key=item.dead_key)
                 if new:
                     log.warning(
                         "deadletter.stored",
@@ -269,7 +206,7 @@ class ReplayResult:
         return self.outcome in (ReplayOutcome.REPLAYED, ReplayOutcome.REPLAYED_AGAIN)
 
 
-_STORE_ERRORS = (StoreError, OSError)
+_STORE_ERRORS = (SQLAlchemyError, OSError)
 
 
 async def replay(
@@ -296,7 +233,7 @@ async def _replay_one(
         return ReplayResult(
             dead_letter_id, failed, error="nothing says which queue it came from: it cannot be replayed"
         )
-    headers = {k: v for k, v in item.headers.items() if k not in _NOT_RESTORED}
+    headers = {k: v for k, v in item.headers.items() if k not in NOT_RESTORED}
     headers[REPLAY_HEADER] = f"{dead_letter_id}/{uuid.uuid4().hex[:12]}"
     try:
         await publisher.to_queue(queue, item.body or b"", message_id=item.message_id, headers=headers)

@@ -91,7 +91,7 @@ def _read(value: Any, limit: int) -> tuple[str | None, str | None]:
         except UnicodeDecodeError:
             return None, "not UTF-8"
     if not isinstance(value, str):
-        return None, f"a {type(value).__name__}, not text"
+        return None, f"{type(value).__name__}, not text"
     if "\x00" in value:  # PostgreSQL text cannot hold NUL
         return None, "holds a NUL character"
     if len(value) > limit:
