@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.rabbitmq.consumer import QueueConsumer
 from adapters.rabbitmq.headers import (
@@ -42,7 +41,7 @@ from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import Publisher
 from adapters.store.store import DeadLetter
-from bus.errors import BrokerError
+from bus.errors import BrokerError, StoreError
 
 __all__ = [
     "REPLAY_HEADER",
@@ -206,7 +205,7 @@ class ReplayResult:
         return self.outcome in (ReplayOutcome.REPLAYED, ReplayOutcome.REPLAYED_AGAIN)
 
 
-_STORE_ERRORS = (SQLAlchemyError, OSError)
+_STORE_ERRORS = (StoreError, OSError)
 
 
 async def replay(
