@@ -75,7 +75,9 @@ class HttpSettings(_Section):
     # The request head, which uvicorn's httptools parser does not bound (issue 10 item 4; enforced by
     # adapters/http/protocol.py): request line and headers of one request at most max_header_bytes
     # (16 KiB: h11's and Node.js's default), at most max_headers fields (Apache's default), else 431;
-    # complete within header_timeout_s of its first byte, else 408. The connection is then closed.
+    # complete within header_timeout_s of its first byte, else 408. The connection is then closed. A
+    # chunked body's trailer has the same limits, and a request answered before its body ended (a 401)
+    # must end within header_timeout_s of the answer.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     max_headers: int = Field(default=100, ge=16)
     header_timeout_s: float = Field(default=20.0, gt=0)

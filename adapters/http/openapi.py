@@ -315,8 +315,9 @@ def openapi_document() -> dict[str, Any]:
                 "Push edXML envelopes (documents and status messages) and pull your inbox. Every "
                 "request is signed with your agency's shared secret: see docs/http-api.md for the "
                 "canonical string and a worked example. Times are UTC (ISO 8601). Any request may "
-                "also be answered 431 (request line and headers over http.max_header_bytes, or more "
-                "than http.max_headers header fields; the connection is then closed) and any path 405 "
+                "also be answered 431 (request line and headers, or a chunked body's trailer, over "
+                "http.max_header_bytes or with more than http.max_headers fields; the connection is "
+                "then closed) and any path 405 "
                 "with an Allow header for a method it does not have."
             ),
         },
