@@ -21,6 +21,7 @@ Every error the bus raises on purpose derives from :class:`BusError`::
     │       └── CertificateError         chain, validity or usage of the signer's certificate
     │           └── CertificateRevokedError  on its CA's CRL (serial, date, reason, CA)
     ├── RevocationUnknownError           a CRL is stale or unreachable: temporary, retry later (503)
+    ├── CrlFetchError                    a CRL could not be downloaded or read: retried by the refresher
     ├── AuthError (bus.auth)             an agency API request is not authentic; ``code`` says why (401)
     ├── ApiError (adapters.http.errors)  the agency API refuses a request: its HTTP status and code
     ├── ApiFailure (adapters.http.client)  the agency API answered with an error (the client's side)
@@ -59,6 +60,7 @@ __all__ = [
     "CertificateError",
     "CertificateRevokedError",
     "ConfigError",
+    "CrlFetchError",
     "CrlUnusableError",
     "DuplicateEnvelopeError",
     "EnvelopeInvalidError",
@@ -236,6 +238,10 @@ class RevocationUnknownError(BusError):
     Temporary, and not the sender's fault: nothing is wrong with the envelope as far as anyone knows.
     The API answers 503 (send it again later) and relay-in leaves the envelope at the national axis
     for its next poll, instead of refusing it or dead-lettering it as bad input."""
+
+
+class CrlFetchError(BusError):
+    """A CRL could not be downloaded or read (temporary: the refresher retries, the CRL held stays)."""
 
 
 class CrlUnusableError(ConfigError):

@@ -57,6 +57,8 @@ from typing import Any, ClassVar
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from bus.errors import BusError
+
 __all__ = ["HeadLimits", "LimitedHttpToolsProtocol"]
 
 log = structlog.get_logger("bus.http")
@@ -77,7 +79,7 @@ class HeadLimits:
     header_timeout_s: float = 20.0
 
 
-class _HeadRefused(Exception):
+class _HeadRefused(BusError):
     """Raised from a parser callback to stop httptools once the answer is written."""
 
 

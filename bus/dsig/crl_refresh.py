@@ -23,7 +23,7 @@ import httpx
 import structlog
 
 from bus.dsig.revocation import CrlRegistry, CrlSource, load_crl
-from bus.errors import CrlUnusableError
+from bus.errors import CrlFetchError, CrlUnusableError
 
 __all__ = ["CrlFetchError", "CrlRefresher", "fetch_crl"]
 
@@ -31,10 +31,6 @@ log = structlog.get_logger("bus.dsig.crl_refresh")
 
 _MAX_REDIRECTS = 3
 _IDLE_S = 60.0  # the loop looks again at least this often (a clock change, a new failure)
-
-
-class CrlFetchError(Exception):
-    """The CRL could not be downloaded or read (temporary: retried)."""
 
 
 async def fetch_crl(
