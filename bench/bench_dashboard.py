@@ -25,15 +25,12 @@ import asyncpg
 from adapters.store import StatusStore
 from adapters.store.dashboard_queries import (
     DocumentSearch,
-    document_detail,
     inbox_depth_query,
-    inbox_depths,
-    search_documents,
     search_query,
 )
 from bus.checks import VN_TZ
 from bus.delivery import DeliveryState
-from tests.integration.dashboard_seed import Seeded, explain, seed_documents
+from tests.integration.dashboard_seed import Seeded, engine_of, explain, seed_documents
 
 PG_ADMIN = os.environ.get("BUS_TEST_PG_DSN", "postgresql://postgres:postgres@127.0.0.1:5432/bus_test")
 
@@ -84,31 +81,27 @@ async def main(count: int, rounds: int, keep: bool) -> None:
         )
         print("| query | rows | median ms | worst ms | full scan |\n|---|---:|---:|---:|---|")
         for label, search in searches(seeded).items():
-            page = await search_documents(store.engine, search)
-            median, worst = await timed(lambda s=search: search_documents(store.engine, s), rounds)
-            plan = await explain(store.engine, search_query(search))
+            page = await store.search_documents(search)
+            median, worst = await timed(lambda s=search: store.search_documents(s), rounds)
+            plan = await explain(engine_of(store), search_query(search))
             print(f"| {label} | {len(page.hits)} | {median:.1f} | {worst:.1f} | {_scans(plan)} |")
             if page.next is not None:
                 after = page.next
                 median, worst = await timed(
-                    lambda s=search, a=after: search_documents(store.engine, s, after=a), rounds
+                    lambda s=search, a=after: store.search_documents(s, after=a), rounds
                 )
                 print(f"| {label}, page 2 | - | {median:.1f} | {worst:.1f} | - |")
-        bus_id = (
-            (await search_documents(store.engine, DocumentSearch(document_id=seeded.document_id)))
-            .hits[0]
-            .bus_id
-        )
+        bus_id = (await store.search_documents(DocumentSearch(document_id=seeded.document_id))).hits[0].bus_id
 
         async def document_page() -> None:
-            await document_detail(store.engine, bus_id)
+            await store.document_detail(bus_id)
             await store.timeline(bus_id)
 
         median, worst = await timed(document_page, rounds)
         print(f"| a document and its timeline | 1 | {median:.1f} | {worst:.1f} | - |")
-        depths = await inbox_depths(store.engine)
-        median, worst = await timed(lambda: inbox_depths(store.engine), rounds)
-        plan = await explain(store.engine, inbox_depth_query())
+        depths = await store.inbox_depths()
+        median, worst = await timed(lambda: store.inbox_depths(), rounds)
+        plan = await explain(engine_of(store), inbox_depth_query())
         print(f"| inbox depths | {len(depths)} | {median:.1f} | {worst:.1f} | {_scans(plan)} |")
     finally:
         if store is not None:

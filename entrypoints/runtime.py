@@ -28,14 +28,14 @@ from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, declare_topology
-from adapters.rabbitmq.deadletters import DeadLetterWorker, ReplayResult, replay
+from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
-from adapters.store.dashboard_queries import create_dashboard_indexes
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
 from bus.errors import BrokerError, ConfigError
 from bus.intake import Intake
+from bus.replay import ReplayResult, replay
 from bus.settings import Settings
 from entrypoints.bootstrap import (
     _cas_without_crl,
@@ -89,7 +89,7 @@ class Node:
         try:
             await store.create_schema()
             # create_all adds indexes only with new tables: a store made before them gets them here.
-            await create_dashboard_indexes(store.engine)
+            await store.create_dashboard_indexes()
         except Exception as exc:
             await store.close()
             raise ConfigError(f"cannot open the status store {settings.database.url}: {exc}") from exc

@@ -23,9 +23,8 @@ from starlette.routing import Route
 from adapters.dashboard.context import Dashboard, Form, first, guarded
 from adapters.dashboard.render import local_time
 from adapters.dashboard.sessions import Session
-from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
-from adapters.store.dashboard_queries import dead_letters_by_id
 from bus.errors import BusError
+from bus.replay import ReplayOutcome, ReplayResult
 
 __all__ = ["describe", "routes"]
 
@@ -112,7 +111,7 @@ async def list_page(dash: Dashboard, request: Request, session: Session, form: F
 
 async def confirm_page(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
     ids, errors = _ids(request.query_params.getlist("id"))
-    found = {} if errors else await dead_letters_by_id(dash.store.engine, ids)
+    found = {} if errors else await dash.store.dead_letters_by_id(ids)
     items = [found[i] for i in ids if i in found]
     # Each id with the replay count shown here: the POST refuses one replayed since (by someone else,
     # or by this same form submitted twice), and the seal refuses ids this page did not show.
@@ -150,7 +149,7 @@ async def replay_submit(dash: Dashboard, request: Request, session: Session, for
     for value in form.get("id", []):  # a bare id: not on the confirmation page
         if (letter := _id(value)) is not None and letter not in confirmed:
             skipped.append((letter, "Không có trên trang xác nhận: không gửi lại."))
-    current = await dead_letters_by_id(dash.store.engine, [letter for letter, _ in seen])
+    current = await dash.store.dead_letters_by_id([letter for letter, _ in seen])
     ids: list[int] = []
     for letter, count in seen:
         item = current.get(letter)
@@ -214,7 +213,7 @@ async def result_page(dash: Dashboard, request: Request, session: Session, form:
         )
     rows = [(int(i), str(label), bool(ok)) for i, label, ok in outcome["r"]]
     skipped = [(int(i), str(message)) for i, message in outcome["s"]]
-    found = await dead_letters_by_id(dash.store.engine, [i for i, *_ in rows])
+    found = await dash.store.dead_letters_by_id([i for i, *_ in rows])
     return dash.render(
         request,
         "replay_result.html",

@@ -14,13 +14,7 @@ from starlette.routing import Route
 
 from adapters.dashboard.context import Dashboard, Form, guarded
 from adapters.dashboard.sessions import Session
-from adapters.store.dashboard_queries import (
-    Cursor,
-    DocumentSearch,
-    document_detail,
-    inbox_depths,
-    search_documents,
-)
+from adapters.store import Cursor, DocumentSearch
 from bus.checks import VN_TZ
 from bus.delivery import DeliveryState
 from bus.errors import InvalidOrganIdError
@@ -95,7 +89,7 @@ async def documents_page(dash: Dashboard, request: Request, session: Session, fo
             after = Cursor.decode(cursor)
         except ValueError:
             errors.append("Liên kết trang sau không hợp lệ; hãy tìm lại từ đầu.")
-    page = None if errors else await search_documents(dash.store.engine, search, after=after, limit=PAGE_SIZE)
+    page = None if errors else await dash.store.search_documents(search, after=after, limit=PAGE_SIZE)
     next_link = None
     if page is not None and page.next is not None:
         next_link = dash.link(request, "documents", {**values, "after": page.next.encode()})
@@ -117,7 +111,7 @@ async def document_page(dash: Dashboard, request: Request, session: Session, for
     bus_id = request.path_params["bus_id"]
     # A bus id is short and has no NUL (which PostgreSQL refuses in text): anything else is not found.
     ok = len(bus_id) <= 64 and "\x00" not in bus_id
-    detail = await document_detail(dash.store.engine, bus_id) if ok else None
+    detail = await dash.store.document_detail(bus_id) if ok else None
     if detail is None:
         return dash.render(
             request,
@@ -142,7 +136,7 @@ class InboxRow:
 
 
 async def inboxes_page(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
-    depths = await inbox_depths(dash.store.engine)
+    depths = await dash.store.inbox_depths()
     now = dash.clock()
     names = dash.agency_names
     codes = [str(a.organ_id) for a in dash.settings.agencies]

@@ -29,13 +29,12 @@ from typing import Protocol
 
 import structlog
 from aio_pika.abc import AbstractConnection
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "Check",
     "CheckResult",
     "CheckStatus",
+    "PingPort",
     "Readiness",
     "axis_check",
     "broker_check",
@@ -64,10 +63,15 @@ class CheckResult:
 Check = Callable[[], Awaitable[CheckResult]]
 
 
-def database_check(engine: AsyncEngine) -> Check:
+class PingPort(Protocol):
+    """The store's ``SELECT 1`` (:meth:`StatusStore.ping`)."""
+
+    async def ping(self) -> None: ...
+
+
+def database_check(store: PingPort) -> Check:
     async def check() -> CheckResult:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await store.ping()
         return CheckResult(CheckStatus.OK)
 
     return check

@@ -23,7 +23,7 @@ class Meta(Resource):
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        ready, checks = await self.ctx.readiness.run({"database": database_check(self.ctx.store.engine)})
+        ready, checks = await self.ctx.readiness.run({"database": database_check(self.ctx.store)})
         return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
 
     async def metrics(self, request: Request) -> Response:

@@ -45,11 +45,8 @@ from typing import TYPE_CHECKING
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.store.store import StatusStore
-from adapters.store.tables import deliveries, inbox
 from bus.delivery import DeliveryState
 
 if TYPE_CHECKING:
@@ -83,22 +80,12 @@ class StoreGauges:
     oldest_pending: dict[str, dt.datetime]  # agency -> when its oldest pending envelope arrived
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)  # SQLite drops the zone
-
-
 async def read_store_gauges(store: StatusStore) -> StoreGauges:
     """Three grouped queries, each served by an index (ix_deliveries_recipient_state,
     ix_inbox_agency_ack and the inbox's primary key); none reads a body."""
     depth = await store.inbox_counts()
-    pending = inbox.c.ack_state.is_(None) | (inbox.c.ack_state == DeliveryState.PROCESSING.value)
-    first = select(func.min(inbox.c.id)).where(pending).group_by(inbox.c.agency)
-    engine: AsyncEngine = store.engine
-    async with engine.connect() as conn:
-        by_state = await conn.execute(select(deliveries.c.state, func.count()).group_by(deliveries.c.state))
-        states = {str(state): int(count) for state, count in by_state}
-        oldest = await conn.execute(select(inbox.c.agency, inbox.c.received_at).where(inbox.c.id.in_(first)))
-        arrived = {str(agency): _utc(at) for agency, at in oldest}
+    states = await store.delivery_counts()
+    arrived = await store.oldest_pending()
     return StoreGauges(states, depth, arrived)
 
 

@@ -118,11 +118,6 @@ class StoreBase:
         with self._translated():
             await self._engine.dispose()
 
-    @property
-    def engine(self) -> AsyncEngine:
-        """For read-only query modules beside this one (the operators' dashboard)."""
-        return self._engine
-
     async def ping(self) -> None:
         """``SELECT 1``: the readiness check (``/readyz``). :class:`StoreUnavailableError` if it fails."""
         async with self._connect() as conn:

@@ -1,4 +1,5 @@
-"""Read-only queries of the operators' dashboard (adapters/dashboard), on :attr:`StatusStore.engine`.
+"""Read-only queries of the operators' dashboard (adapters/dashboard), run by the store's methods of
+:mod:`adapters.store.dashboard` (``store.search_documents(...)``, …), which translate their errors.
 
 Every search reads an index and stops after one page (issue 5: 100,000 documents and more). Pages are
 keyset pages, newest first, on ``(accepted_at, bus_id)``: the next page starts below the last row of

@@ -33,6 +33,7 @@ __all__ = [
     "Seeded",
     "asyncpg_dsn",
     "dashboard_settings",
+    "engine_of",
     "explain",
     "record_sample",
     "seed_documents",
@@ -79,6 +80,12 @@ class Seeded:
 def asyncpg_dsn(url: str) -> str:
     """``postgresql+asyncpg://...`` (SQLAlchemy) -> ``postgresql://...`` (asyncpg)."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def engine_of(store: StatusStore) -> AsyncEngine:
+    """The store's engine, which no code outside adapters/store uses: tests and benchmarks EXPLAIN the
+    store's statements on it, and make a database as an older version left it."""
+    return store._engine
 
 
 async def explain(engine: AsyncEngine, statement: Select[Any]) -> str:

@@ -21,9 +21,7 @@ from adapters.store import StatusStore
 from adapters.store.dashboard_queries import (
     DASHBOARD_INDEXES,
     DocumentSearch,
-    create_dashboard_indexes,
     inbox_depth_query,
-    search_documents,
     search_query,
 )
 from adapters.store.store import DeadLetter
@@ -38,6 +36,7 @@ from tests.integration.dashboard_seed import (
     OPERATOR,
     PASSWORD,
     SUBJECT,
+    engine_of,
     explain,
     seed_documents,
 )
@@ -420,16 +419,16 @@ async def test_searches_read_indexes_not_whole_tables(tmp_path: Path) -> None:
                     agency=seeded.agency, since=day - dt.timedelta(days=30), until=day
                 ),
             }
-            plans = {label: await explain(store.engine, search_query(s)) for label, s in searches.items()}
-            plans["inbox depths"] = await explain(store.engine, inbox_depth_query())
+            plans = {label: await explain(engine_of(store), search_query(s)) for label, s in searches.items()}
+            plans["inbox depths"] = await explain(engine_of(store), inbox_depth_query())
             # A document's page: its deliveries and its timeline (the queries StatusStore runs).
-            bus_id = (await search_documents(store.engine, DocumentSearch(code=seeded.code))).hits[0].bus_id
+            bus_id = (await store.search_documents(DocumentSearch(code=seeded.code))).hits[0].bus_id
             plans["timeline"] = await explain(
-                store.engine,
+                engine_of(store),
                 select(events).where(events.c.bus_id == bus_id).order_by(events.c.at, events.c.id),
             )
             plans["deliveries"] = await explain(
-                store.engine, select(deliveries).where(deliveries.c.bus_id == bus_id)
+                engine_of(store), select(deliveries).where(deliveries.c.bus_id == bus_id)
             )
         finally:
             await store.close()
@@ -444,12 +443,12 @@ async def test_a_database_made_before_the_dashboard_gets_its_indexes(tmp_path: P
     store = StatusStore.connect(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
     try:
         await store.create_schema()
-        async with store.engine.begin() as conn:
+        async with engine_of(store).begin() as conn:
             for name in DASHBOARD_INDEXES:
                 await conn.exec_driver_sql(f"DROP INDEX {name}")
         for _ in range(2):  # idempotent
-            await create_dashboard_indexes(store.engine)
-        async with store.engine.connect() as conn:
+            await store.create_dashboard_indexes()
+        async with engine_of(store).connect() as conn:
             rows = await conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")
             assert set(DASHBOARD_INDEXES) <= {name for (name,) in rows}
     finally:

@@ -143,7 +143,7 @@ async def test_readyz_answers_for_the_broker_and_the_database(
     # The same node pointed at a database that does not answer: not ready, and /metrics says so too.
     unreachable = (
         "postgresql+asyncpg://bus@127.0.0.1:1/nowhere"
-        if node.store.engine.dialect.name == "postgresql"
+        if node_settings.database.url.startswith("postgresql")
         else f"sqlite+aiosqlite:///{tmp_path / 'no-such-directory' / 'bus.db'}"
     )
     store = StatusStore.connect(unreachable)

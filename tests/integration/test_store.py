@@ -8,12 +8,14 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
-from adapters.store import InboxItem, StatusStore
+from adapters.store import DocumentSearch, InboxItem, StatusStore
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
-from tests.integration.conftest import fresh_database
+from bus.errors import StoreError, StoreUnavailableError
+from tests.integration.conftest import PG_ADMIN_DSN, fresh_database
 
 pytestmark = pytest.mark.asyncio
 T0 = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.UTC)
@@ -197,3 +199,66 @@ async def test_a_retry_with_other_bytes_is_refused_not_republished(store: Status
     changed = dataclasses.replace(doc, envelope_sha256="1" * 64)
     assert await store.begin_accept(changed, routes) == doc.bus_id  # other content: refused
     assert await store.begin_accept(doc, routes) is None  # the same bytes again: go on
+
+
+# -- the store's errors are the bus's (issue 11: translate at the edge) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_a_store_whose_database_is_down_raises_store_unavailable(kind: str, tmp_path: Path) -> None:
+    down = (
+        "postgresql+asyncpg://bus:pg-secret-77@127.0.0.1:1/nowhere"  # nothing listens on port 1
+        if kind == "postgresql"
+        else f"sqlite+aiosqlite:///{tmp_path / 'removed-directory' / 'bus.db'}"
+    )
+    store = StatusStore.connect(down)
+    try:
+        calls = {
+            "ping": store.ping(),
+            "create_schema": store.create_schema(),
+            "record_accepted": store.record_accepted(_document(), [("000.00.21.H99", "local")]),
+            "deliveries": store.deliveries("b1"),
+            "remember_nonce": store.remember_nonce("000.00.21.H99", "n1", T0, keep=dt.timedelta(minutes=5)),
+            "dead_letters": store.dead_letters(),
+            "search_documents": store.search_documents(DocumentSearch()),
+        }
+        for name, call in calls.items():
+            with pytest.raises(StoreUnavailableError, match="cannot be reached") as raised:
+                await call
+            assert raised.value.__cause__ is not None, name  # raise ... from the driver's error
+            assert "pg-secret-77" not in str(raised.value), name  # the URL without its password
+    finally:
+        await store.close()
+
+
+async def test_a_dropped_connection_is_unavailable_and_the_next_call_reconnects(tmp_path: Path) -> None:
+    async with fresh_database("postgresql", tmp_path) as url:
+        store = StatusStore.connect(url)
+        try:
+            await store.create_schema()
+            assert await store.deliveries("b1") == []  # a connection now waits in the pool
+            admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    url.rsplit("/", 1)[1],
+                )
+            finally:
+                await admin.close()
+            with pytest.raises(StoreUnavailableError):
+                await store.deliveries("b1")
+            assert await store.deliveries("b1") == []  # temporary: the pool opened a new connection
+        finally:
+            await store.close()
+
+
+async def test_other_database_errors_are_store_errors(tmp_path: Path) -> None:
+    async with fresh_database("postgresql", tmp_path) as url:
+        store = StatusStore.connect(url)  # no create_schema: the tables are missing
+        try:
+            with pytest.raises(StoreError, match='relation "deliveries" does not exist') as raised:
+                await store.deliveries("b1")
+            assert not isinstance(raised.value, StoreUnavailableError)
+        finally:
+            await store.close()
