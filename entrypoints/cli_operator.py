@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult, replay
 from adapters.store.store import DeadLetter
 from bus.errors import BusError, StoreError
 from bus.passwords import hash_password
+from bus.replay import ReplayOutcome, ReplayResult, replay
 from bus.settings import Settings, load_settings
 from entrypoints.bootstrap import connect_broker_once, new_publisher, open_store
 from entrypoints.cli_service import _local, _table

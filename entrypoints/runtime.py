@@ -28,13 +28,14 @@ from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, declare_topology
-from adapters.rabbitmq.deadletters import DeadLetterWorker, ReplayResult, replay
+from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
 from bus.errors import BrokerError, ConfigError
 from bus.intake import Intake
+from bus.replay import ReplayResult, replay
 from bus.settings import Settings
 from entrypoints.bootstrap import (
     _cas_without_crl,

@@ -18,8 +18,8 @@ from starlette.routing import Router
 from adapters.dashboard.render import read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
 from adapters.dashboard.throttle import LoginThrottle
-from adapters.rabbitmq.deadletters import ReplayResult
 from adapters.store.store import StatusStore
+from bus.replay import ReplayResult
 from bus.settings import Settings
 
 __all__ = ["Dashboard", "Form", "Handler", "LinkStatusSource", "Replayer", "first", "guarded"]

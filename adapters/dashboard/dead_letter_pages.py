@@ -23,8 +23,8 @@ from starlette.routing import Route
 from adapters.dashboard.context import Dashboard, Form, first, guarded
 from adapters.dashboard.render import local_time
 from adapters.dashboard.sessions import Session
-from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
 from bus.errors import BusError
+from bus.replay import ReplayOutcome, ReplayResult
 
 __all__ = ["describe", "routes"]
 

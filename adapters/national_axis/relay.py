@@ -34,8 +34,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from adapters.national_axis.client import NationalAxisClient, text_of
-from adapters.rabbitmq.deadletters import REPLAY_HEADER
-from adapters.rabbitmq.headers import ATTEMPT_HEADER
+from adapters.rabbitmq.headers import ATTEMPT_HEADER, REPLAY_HEADER
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.publisher import Publisher

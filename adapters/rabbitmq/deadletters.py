@@ -10,18 +10,16 @@ Messages reach the dead-letter queue two ways:
 :class:`DeadLetterWorker` writes each one to the store and only then acknowledges it (the inbox worker's
 order: a crash in between redelivers the message, and its ``dead_key`` makes the repeat write nothing).
 While the store is down it holds the message and retries; it never acknowledges what it has not
-written. :func:`replay` sends stored dead letters back to their queues (``bus replay``).
+written. Sending stored dead letters back (``bus replay``) is :mod:`bus.replay`, through
+:meth:`Publisher.send_back <adapters.rabbitmq.publisher.Publisher.send_back>`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import hashlib
 import json
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -30,7 +28,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from adapters.rabbitmq.consumer import QueueConsumer
 from adapters.rabbitmq.headers import (
     DEAD_ID_HEADER,
-    NOT_RESTORED,
     REASON_HEADER,
     REPLAY_HEADER,
     SOURCE_HEADER,
@@ -39,20 +36,9 @@ from adapters.rabbitmq.headers import (
 )
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
-from adapters.rabbitmq.publisher import Publisher
-from adapters.store.store import DeadLetter
-from bus.errors import BrokerError, StoreError
+from adapters.store import DeadLetter
 
-__all__ = [
-    "REPLAY_HEADER",
-    "DeadLetterStorePort",
-    "DeadLetterWorker",
-    "ReplayOutcome",
-    "ReplayResult",
-    "ReplayStorePort",
-    "read_dead_letter",
-    "replay",
-]
+__all__ = ["DeadLetterStorePort", "DeadLetterWorker", "read_dead_letter"]
 
 log = structlog.get_logger("bus.deadletters")
 
@@ -173,76 +159,3 @@ class DeadLetterWorker(QueueConsumer[AbstractIncomingMessage]):
             event="deadletter.store_failed",
             message_id=item.message_id,
         )
-
-
-# -- replay -------------------------------------------------------------------------------------------
-
-
-class ReplayStorePort(Protocol):
-    async def dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
-
-    async def mark_replayed(self, dead_letter_id: int, at: dt.datetime) -> DeadLetter | None: ...
-
-
-class ReplayOutcome(enum.StrEnum):
-    REPLAYED = "replayed"
-    REPLAYED_AGAIN = "replayed-again"  # the operator had replayed it before: sent once more
-    UNKNOWN = "unknown"  # no dead letter with that id
-    FAILED = "failed"  # not sent back (or sent but not recorded: see ``error``)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    id: int
-    outcome: ReplayOutcome
-    queue: str | None = None
-    replay_count: int = 0  # replays of this dead letter so far, this one included
-    previously_replayed_at: dt.datetime | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in (ReplayOutcome.REPLAYED, ReplayOutcome.REPLAYED_AGAIN)
-
-
-_STORE_ERRORS = (StoreError, OSError)
-
-
-async def replay(
-    store: ReplayStorePort, publisher: Publisher, ids: Sequence[int], at: dt.datetime
-) -> list[ReplayResult]:
-    """Send each dead letter back to its source queue with its headers, wait for the broker's confirm,
-    then record the replay (:meth:`StatusStore.mark_replayed`: the document's timeline shows it). One
-    result per id, in order; nothing is logged (``bus replay`` prints each result for the operator)."""
-    return [await _replay_one(store, publisher, dead_letter_id, at) for dead_letter_id in ids]
-
-
-async def _replay_one(
-    store: ReplayStorePort, publisher: Publisher, dead_letter_id: int, at: dt.datetime
-) -> ReplayResult:
-    failed = ReplayOutcome.FAILED
-    try:
-        item = await store.dead_letter(dead_letter_id)
-    except _STORE_ERRORS as exc:
-        return ReplayResult(dead_letter_id, failed, error=f"cannot read the status store: {exc}")
-    if item is None:
-        return ReplayResult(dead_letter_id, ReplayOutcome.UNKNOWN, error=f"no dead letter {dead_letter_id}")
-    queue = item.source_queue
-    if not queue:
-        return ReplayResult(
-            dead_letter_id, failed, error="nothing says which queue it came from: it cannot be replayed"
-        )
-    headers = {k: v for k, v in item.headers.items() if k not in NOT_RESTORED}
-    headers[REPLAY_HEADER] = f"{dead_letter_id}/{uuid.uuid4().hex[:12]}"
-    try:
-        await publisher.to_queue(queue, item.body or b"", message_id=item.message_id, headers=headers)
-    except BrokerError as exc:
-        return ReplayResult(dead_letter_id, failed, queue, error=f"not replayed: {exc}")
-    try:
-        marked = await store.mark_replayed(dead_letter_id, at)
-    except _STORE_ERRORS as exc:
-        error = f"sent back to {queue}, but the replay is not recorded ({exc}): do not replay it again"
-        return ReplayResult(dead_letter_id, failed, queue, error=error)
-    count = marked.replay_count if marked is not None else item.replay_count + 1
-    outcome = ReplayOutcome.REPLAYED if item.replayed_at is None else ReplayOutcome.REPLAYED_AGAIN
-    return ReplayResult(dead_letter_id, outcome, queue, count, item.replayed_at)

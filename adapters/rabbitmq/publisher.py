@@ -13,12 +13,15 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 from adapters.rabbitmq.headers import (
     ATTEMPT_HEADER,
     DEAD_ID_HEADER,
+    NOT_RESTORED,
     REASON_HEADER,
+    REPLAY_HEADER,
     SOURCE_HEADER,
     HeaderValue,
     to_amqp,
 )
 from adapters.rabbitmq.names import BrokerNames
+from adapters.store import DeadLetter
 from bus.errors import BrokerError, UnroutableError
 from bus.headers import BusHeaders
 
@@ -136,3 +139,16 @@ class Publisher:
         """Publish straight into *queue* through the default exchange (an operator's replay);
         :class:`~bus.errors.UnroutableError` when no such queue exists."""
         await self._publish(self._channel.default_exchange, queue, body, message_id, headers)
+
+    async def send_back(self, dead_letter: DeadLetter, *, replay_tag: str) -> None:
+        """An operator's replay (:func:`bus.replay.replay`): *dead_letter* back into its source queue
+        with the headers it had (not those of its dead-lettering) and *replay_tag* in ``x-bus-replay``;
+        :class:`~bus.errors.UnroutableError` when that queue is gone."""
+        headers = {k: v for k, v in dead_letter.headers.items() if k not in NOT_RESTORED}
+        headers[REPLAY_HEADER] = replay_tag
+        await self.to_queue(
+            dead_letter.source_queue,
+            dead_letter.body or b"",
+            message_id=dead_letter.message_id,
+            headers=headers,
+        )

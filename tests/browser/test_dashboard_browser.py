@@ -23,9 +23,9 @@ from playwright.async_api import Page, async_playwright, expect
 
 from adapters.dashboard import create_dashboard
 from adapters.rabbitmq import BrokerNames, Publisher, declare_topology, open_channel
-from adapters.rabbitmq.deadletters import ReplayResult, replay
 from adapters.store import StatusStore
 from bus.organ_id import OrganId
+from bus.replay import ReplayResult, replay
 from bus.settings import AmqpSettings, Settings, load_settings
 from tests.conftest import ROOT
 from tests.integration.conftest import AMQP_URL, delete_broker_objects

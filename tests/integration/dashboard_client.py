@@ -15,9 +15,9 @@ from starlette.types import ASGIApp
 
 from adapters.dashboard import LoginThrottle, create_dashboard
 from adapters.http import ApiContext
-from adapters.rabbitmq.deadletters import ReplayOutcome, ReplayResult
 from adapters.store import StatusStore
 from bus.intake import Intake
+from bus.replay import ReplayOutcome, ReplayResult
 from bus.settings import load_settings
 from entrypoints.runtime import Node
 from tests.conftest import ROOT

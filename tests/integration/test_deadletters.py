@@ -19,12 +19,14 @@ import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from adapters.rabbitmq import BrokerNames, Publisher
-from adapters.rabbitmq.deadletters import REPLAY_HEADER, DeadLetterWorker, ReplayOutcome, replay
+from adapters.rabbitmq.deadletters import DeadLetterWorker
+from adapters.rabbitmq.headers import REPLAY_HEADER
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
 from adapters.store.store import DeadLetter
 from bus.delivery import AcceptedDocument, DeliveryState
 from bus.organ_id import OrganId
+from bus.replay import ReplayOutcome, replay
 from bus.topology import Topology
 from entrypoints.cli_operator import add_commands
 from tests.integration.conftest import fresh_database, write_config
