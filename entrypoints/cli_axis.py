@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy.engine import make_url
 
 from bus.errors import ConfigError
 from bus.logs import configure_logging
+from entrypoints.bootstrap import safe_url
 from mock_axis import load_mock_config, serve_mock_axis
 
 __all__ = ["add_commands"]
@@ -46,7 +46,7 @@ def cmd_mock_axis(args: argparse.Namespace) -> int:
                 "mock_axis.listening",
                 url=running.url,
                 systems=[s.system_id for s in config.systems],
-                database=make_url(database).render_as_string(hide_password=True),
+                database=safe_url(database),
             )
             await stop.wait()
             log.info("mock_axis.stopping")
