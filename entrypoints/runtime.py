@@ -25,11 +25,8 @@ from adapters.http import ApiContext, create_app
 from adapters.http.health import Readiness, axis_check, broker_check
 from adapters.http.metrics import NodeMetrics
 from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
-from adapters.national_axis.client import NationalAxisClient
-from adapters.national_axis.relay import AxisLink, CircuitBreaker, Reconciler, RelayIn, RelayOut
-from adapters.rabbitmq import BrokerNames, declare_topology
-from adapters.rabbitmq.deadletters import DeadLetterWorker
-from adapters.rabbitmq.inbox import InboxWorker
+from adapters.national_axis import AxisLink, CircuitBreaker, NationalAxisClient, Reconciler, RelayIn, RelayOut
+from adapters.rabbitmq import BrokerNames, DeadLetterWorker, InboxWorker, declare_topology
 from adapters.store import StatusStore
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher

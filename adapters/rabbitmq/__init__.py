@@ -1,8 +1,49 @@
-"""RabbitMQ: the queues and exchanges of a province's axis, and a publisher that only says "done"
-once the broker has confirmed the message. aio-pika stays inside this package."""
+"""RabbitMQ: the queues and exchanges of a province's axis, a publisher that only says "done" once the
+broker has confirmed the message, and what every consumer of the bus's queues shares (the parser of an
+incoming message, the consumer base and its ack/retry/dead-letter decision). aio-pika stays inside this
+package; other adapters use the names exported here."""
 
+from adapters.rabbitmq.consumer import (
+    ACK,
+    REQUEUE,
+    Action,
+    CopyPublisherPort,
+    Decision,
+    QueueConsumer,
+    cancel_task,
+    decide,
+)
+from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.declare import declare_topology
+from adapters.rabbitmq.headers import AXIS_DOC_HEADER, REPLAY_HEADER, RESEND_HEADER, HeaderValue, text_header
+from adapters.rabbitmq.holding import until_written
+from adapters.rabbitmq.inbox import InboxWorker
 from adapters.rabbitmq.names import RETRY_DELAYS_MS, BrokerNames
+from adapters.rabbitmq.parser import BusMessage, known_fields
 from adapters.rabbitmq.publisher import Publisher, open_channel
 
-__all__ = ["RETRY_DELAYS_MS", "BrokerNames", "Publisher", "declare_topology", "open_channel"]
+__all__ = [
+    "ACK",
+    "AXIS_DOC_HEADER",
+    "REPLAY_HEADER",
+    "REQUEUE",
+    "RESEND_HEADER",
+    "RETRY_DELAYS_MS",
+    "Action",
+    "BrokerNames",
+    "BusMessage",
+    "CopyPublisherPort",
+    "DeadLetterWorker",
+    "Decision",
+    "HeaderValue",
+    "InboxWorker",
+    "Publisher",
+    "QueueConsumer",
+    "cancel_task",
+    "decide",
+    "declare_topology",
+    "known_fields",
+    "open_channel",
+    "text_header",
+    "until_written",
+]

@@ -28,7 +28,16 @@ from adapters.rabbitmq.headers import HeaderValue
 from adapters.rabbitmq.parser import BusMessage, known_fields, parse_message, passed_on
 from bus.errors import AxisRejectedError, BusError, InputError, PoisonMessageError
 
-__all__ = ["ACK", "REQUEUE", "Action", "CopyPublisherPort", "Decision", "QueueConsumer", "decide"]
+__all__ = [
+    "ACK",
+    "REQUEUE",
+    "Action",
+    "CopyPublisherPort",
+    "Decision",
+    "QueueConsumer",
+    "cancel_task",
+    "decide",
+]
 
 log = structlog.get_logger("bus.consumer")
 
@@ -158,7 +167,7 @@ class QueueConsumer(Generic[T]):
         self._subscriptions.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._pending.join(), drain_s)
-        await cancel(self._writer)
+        await cancel_task(self._writer)
         self._writer = None
 
     async def parse(self, message: AbstractIncomingMessage, queue: str) -> BusMessage | None:
@@ -248,7 +257,7 @@ class QueueConsumer(Generic[T]):
             log.warning(f"{self._name}.ack_failed", **fields, error=type(exc).__name__)
 
 
-async def cancel(task: asyncio.Task[None] | None) -> None:
+async def cancel_task(task: asyncio.Task[None] | None) -> None:
     """Cancel *task* and wait until it is done."""
     if task is not None:
         task.cancel()

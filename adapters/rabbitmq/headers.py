@@ -30,6 +30,7 @@ __all__ = [
     "bus_fields",
     "from_amqp",
     "restorable",
+    "text_header",
     "to_amqp",
     "usable",
 ]
@@ -142,3 +143,9 @@ def usable(raw: Mapping[str, Any]) -> dict[str, HeaderValue]:
 def restorable(raw: Mapping[str, Any]) -> dict[str, HeaderValue]:
     """What a replay puts back on a dead letter: its usable headers, not those of the dead-lettering."""
     return {name: value for name, value in usable(raw).items() if name not in NOT_RESTORED}
+
+
+def text_header(raw: Mapping[str, Any], name: str) -> str | None:
+    """One header as text (an integer as its digits), or None when it is absent or not text."""
+    value = usable(raw).get(name)
+    return None if value is None or isinstance(value, bool) else str(value)

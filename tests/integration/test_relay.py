@@ -18,8 +18,7 @@ from typing import TypeVar
 import aio_pika
 import pytest
 
-from adapters.national_axis.client import NationalAxisClient
-from adapters.national_axis.relay import CircuitState
+from adapters.national_axis import CircuitState, NationalAxisClient
 from adapters.rabbitmq import BrokerNames
 from bus.delivery import DeliveryState, TimelineEvent
 from bus.organ_id import OrganId
