@@ -14,7 +14,7 @@ from adapters.http.auth import authenticate
 from adapters.http.context import Resource
 from adapters.http.errors import ApiError, api_error, echo
 from adapters.http.reading import media_type
-from bus.errors import BrokerError, RevocationUnknownError
+from bus.errors import BrokerError, RevocationUnknownError, StoreError
 from bus.organ_id import OrganId
 
 __all__ = ["Envelopes"]
@@ -94,7 +94,7 @@ def _not_accepted(exc: Exception, sender: OrganId) -> ApiError:
     for kind, event in _UNAVAILABLE:
         if isinstance(exc, kind):
             log.error(event, sender=str(sender), error=str(exc))
-    error = api_error(exc)
+    error = None if isinstance(exc, StoreError) else api_error(exc)
     if error is not None:
         return error
     # The store failed, perhaps after some deliveries were published.

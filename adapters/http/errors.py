@@ -40,6 +40,7 @@ from bus.errors import (
     MalformedXmlError,
     RevocationUnknownError,
     SignatureError,
+    StoreError,
     UnknownDocumentError,
     UnsafeXmlError,
     XmlTooLargeError,
@@ -116,6 +117,13 @@ ANSWERS: Mapping[type[BaseException], Answer] = MappingProxyType(
         ),
         BrokerError: Answer(
             503, "broker-unavailable", message=lambda exc: "the envelope was NOT accepted: retry later"
+        ),
+        # The database failed (down, a dropped connection): the request may be repeated as it is. During
+        # intake a store error is 503 outcome-unknown instead (adapters/http/envelopes.py).
+        StoreError: Answer(
+            503,
+            "store-unavailable",
+            message=lambda exc: "the status store is unavailable: send the same request again later",
         ),
     }
 )

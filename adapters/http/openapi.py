@@ -55,6 +55,9 @@ _ITEM_ID = {
 }
 
 # What any signed request may be answered besides its own outcomes.
+_DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": _DIGITS}}
+
 _SIGNED_ERRORS = {
     "400": _error(
         "bad-parameter (a query parameter out of its documented range), bad-header (Content-Length or "
@@ -65,10 +68,11 @@ _SIGNED_ERRORS = {
         "signature; stale timestamp; replay"
     ),
     "413": _error(f"body too large (any body but an envelope's: over {MAX_SMALL_BODY_BYTES} bytes)"),
+    "503": {
+        **_error("store-unavailable: the database is down; send the same request again later"),
+        "headers": _RETRY_AFTER,
+    },
 }
-
-_DIGITS = {"type": "string", "pattern": "^[0-9]+$"}
-_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": _DIGITS}}
 
 
 def _page(key: str, item: dict[str, Any], description: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from bus.errors import (
     SignatureError,
     SignatureMissingError,
     StoreError,
+    StoreUnavailableError,
     UnknownDocumentError,
     UnroutableError,
     UnsafeXmlError,
@@ -84,6 +85,8 @@ DOCUMENTED: list[Case] = [
     (RevocationUnknownError("CRL stale"), 503, "revocation-unavailable", {}),
     (BrokerError("nack"), 503, "broker-unavailable", {}),
     (UnroutableError("no queue"), 503, "broker-unavailable", {}),
+    (StoreError("db failed"), 503, "store-unavailable", {}),
+    (StoreUnavailableError("db down"), 503, "store-unavailable", {}),
 ]
 # Bad input of a kind the table has no entry for: a 400 that docs/http-api.md does not list.
 UNDOCUMENTED = [
@@ -128,7 +131,7 @@ def test_the_status_is_the_documented_one(case: Case) -> None:
 def test_what_the_api_answers_itself_and_what_it_does_not_know() -> None:
     own = ApiError(415, "unsupported-media-type", "send XML")
     assert api_error(own) is own
-    for unknown in (StoreError("db down"), ConfigError("bad"), AxisUnavailableError("5xx"), RuntimeError()):
+    for unknown in (ConfigError("bad"), AxisUnavailableError("5xx"), RuntimeError()):
         assert api_error(unknown) is None  # the caller decides: 500, or 503 outcome-unknown on intake
 
 
@@ -190,11 +193,25 @@ async def test_a_handler_answers_an_error_as_json_by_the_table() -> None:
 @pytest.mark.asyncio
 async def test_an_error_nobody_expected_is_a_500_that_says_nothing_of_it() -> None:
     async def handler(request: Request) -> Response:
-        raise StoreError("postgresql://bus@db: connection refused")
+        raise ConfigError("postgresql://bus@db: no such role")
 
     response = await guarded(handler)(Request(SCOPE))
     assert response.status_code == 500
     assert b"internal" in response.body
+    assert b"postgresql" not in response.body
+
+
+@pytest.mark.asyncio
+async def test_a_database_outage_is_503_that_says_nothing_of_the_database() -> None:
+    """Any route but a send (whose store failure is outcome-unknown): the request may be repeated."""
+
+    async def handler(request: Request) -> Response:
+        raise StoreUnavailableError("postgresql://bus@db: connection refused")
+
+    response = await guarded(handler)(Request(SCOPE))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert b"store-unavailable" in response.body
     assert b"postgresql" not in response.body
 
 
