@@ -43,6 +43,7 @@ from entrypoints.bootstrap import (
     node_identity,
     open_store,
     revocation_registry,
+    safe_url,
 )
 
 __all__ = ["Node"]
@@ -89,7 +90,8 @@ class Node:
             await store.create_dashboard_indexes()
         except Exception as exc:
             await store.close()
-            raise ConfigError(f"cannot open the status store {settings.database.url}: {exc}") from exc
+            where = safe_url(settings.database.url)
+            raise ConfigError(f"cannot open the status store {where}: {exc}") from exc
         try:
             connection = await connect_broker(settings)
         except BrokerError:
