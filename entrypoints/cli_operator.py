@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.store.store import DeadLetter
+from bus.delivery import DeadLetter
 from bus.errors import BusError, StoreError
 from bus.passwords import hash_password
 from bus.replay import ReplayOutcome, ReplayResult, replay

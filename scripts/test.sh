@@ -10,6 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "==> ruff check";  ruff check .
 echo "==> ruff format"; ruff format --check .
 echo "==> mypy";        mypy
+echo "==> lint-imports"; lint-imports --no-cache   # the layers' contracts (pyproject.toml, docs/architecture.md)
 echo "==> pytest"
 mkdir -p test-artifacts
 # -p no:cacheprovider: CI runs from a fresh clone; nothing to reuse.

@@ -25,7 +25,7 @@ from adapters.dashboard.redirects import RelativeRedirects
 from adapters.dashboard.render import HERE, SecurityHeaders, make_environment, read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
 from adapters.dashboard.throttle import LoginThrottle
-from adapters.store.store import StatusStore
+from adapters.store import StatusStore
 from bus.errors import ConfigError
 from bus.settings import Settings
 
@@ -149,7 +149,7 @@ def create_dashboard(
 ) -> Starlette:
     """The dashboard app. *link_status* describes the national-axis link (see
     :class:`adapters.dashboard.pages.LinkView` for the keys read); *replay* sends dead letters back
-    (:func:`adapters.rabbitmq.deadletters.replay` with the node's store, publisher and clock);
+    (:func:`bus.replay.replay` with the node's store, publisher and clock);
     *throttle* admits login tries (:class:`adapters.dashboard.throttle.LoginThrottle`'s defaults)."""
     if not settings.dashboard.enabled:
         raise ConfigError(

@@ -18,7 +18,7 @@ from starlette.routing import Router
 from adapters.dashboard.render import read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
 from adapters.dashboard.throttle import LoginThrottle
-from adapters.store.store import StatusStore
+from adapters.store import StatusStore
 from bus.replay import ReplayResult
 from bus.settings import Settings
 

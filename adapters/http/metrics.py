@@ -46,11 +46,11 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from adapters.store.store import StatusStore
+from adapters.store import StatusStore
 from bus.delivery import DeliveryState
 
 if TYPE_CHECKING:
-    from adapters.national_axis.relay import AxisLink
+    from adapters.national_axis import AxisLink
 
 __all__ = ["CONTENT_TYPE", "NodeMetrics", "StoreGauges", "read_store_gauges"]
 

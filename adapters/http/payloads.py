@@ -6,8 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.store import DeliveryRow, InboxItem
-from bus.delivery import AcceptedDocument, TimelineEvent
+from bus.delivery import AcceptedDocument, DeliveryRow, InboxItem, TimelineEvent
 from bus.topology import Topology
 
 __all__ = ["agencies_json", "iso", "item_json", "sent_json", "timeline_json"]

@@ -15,8 +15,7 @@ import structlog
 from adapters.national_axis.breaker import CircuitBreaker, every
 from adapters.national_axis.client import NationalAxisClient, text_of
 from adapters.rabbitmq import RESEND_HEADER, BrokerNames, Publisher, cancel_task, known_fields
-from adapters.store import AxisSend
-from bus.delivery import DeliveryState, TimelineEvent
+from bus.delivery import AxisSend, DeliveryState, TimelineEvent
 from bus.errors import AxisRejectedError
 
 __all__ = ["ReconcileStore", "Reconciler"]

@@ -36,8 +36,7 @@ from adapters.rabbitmq import (
     decide,
     until_written,
 )
-from adapters.store import AxisSend
-from bus.delivery import DeliveryState, TimelineEvent
+from bus.delivery import AxisSend, DeliveryState, TimelineEvent
 from bus.errors import AxisRejectedError, AxisUnavailableError
 
 __all__ = ["EventStore", "RelayOut"]

@@ -36,7 +36,7 @@ from adapters.rabbitmq.headers import (
 )
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
-from adapters.store import DeadLetter
+from bus.delivery import DeadLetter
 
 __all__ = ["DeadLetterStorePort", "DeadLetterWorker", "read_dead_letter"]
 

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from adapters.rabbitmq.consumer import CopyPublisherPort, QueueConsumer
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
-from adapters.store import InboxItem
+from bus.delivery import InboxItem
 from bus.topology import Agency, Topology
 
 __all__ = ["InboxStorePort", "InboxWorker"]

@@ -21,7 +21,7 @@ from adapters.rabbitmq.headers import (
     to_amqp,
 )
 from adapters.rabbitmq.names import BrokerNames
-from adapters.store import DeadLetter
+from bus.delivery import DeadLetter
 from bus.errors import BrokerError, UnroutableError
 from bus.headers import BusHeaders
 

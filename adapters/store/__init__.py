@@ -1,7 +1,8 @@
 """The delivery-status store (SQLAlchemy async): SQLite embedded by default, PostgreSQL in production.
 
 Its methods raise :class:`bus.errors.StoreError` (:class:`~bus.errors.StoreUnavailableError` when the
-database cannot be reached), never SQLAlchemy's errors. Layout: adapters/store/store.py.
+database cannot be reached), never SQLAlchemy's errors. The records it reads and writes are the core's
+(:mod:`bus.delivery`). Layout: adapters/store/store.py.
 """
 
 from adapters.store.dashboard_queries import (
@@ -12,18 +13,14 @@ from adapters.store.dashboard_queries import (
     InboxDepth,
     SearchPage,
 )
-from adapters.store.store import AxisSend, DeadLetter, DeliveryRow, InboxItem, StatusStore
+from adapters.store.store import StatusStore
 
 __all__ = [
-    "AxisSend",
     "Cursor",
-    "DeadLetter",
-    "DeliveryRow",
     "DocumentDetail",
     "DocumentHit",
     "DocumentSearch",
     "InboxDepth",
-    "InboxItem",
     "SearchPage",
     "StatusStore",
 ]

@@ -23,11 +23,7 @@ from adapters.store.dead_letters import DeadLetters
 from adapters.store.documents import Documents
 from adapters.store.inbox import Inboxes
 
-# The records are the core's (bus/delivery.py); they are named here too while callers still import
-# them from the store (issue 11: the import cleanup comes after the move).
-from bus.delivery import AxisSend, DeadLetter, DeliveryRow, InboxItem
-
-__all__ = ["AxisSend", "DeadLetter", "DeliveryRow", "InboxItem", "StatusStore"]
+__all__ = ["StatusStore"]
 
 
 class StatusStore(Documents, Inboxes, DeadLetters, AxisSends, AuthState, DashboardReads):

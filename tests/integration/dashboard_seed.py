@@ -22,9 +22,8 @@ from pydantic import SecretStr
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.store import InboxItem, StatusStore
-from adapters.store.store import DeadLetter
-from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
+from adapters.store import StatusStore
+from bus.delivery import AcceptedDocument, DeadLetter, DeliveryState, InboxItem, TimelineEvent
 from bus.passwords import hash_password
 from bus.settings import DashboardSettings, Operator, Settings
 

@@ -24,10 +24,9 @@ from adapters.store.dashboard_queries import (
     inbox_depth_query,
     search_query,
 )
-from adapters.store.store import DeadLetter
 from adapters.store.tables import deliveries, events
 from bus.checks import VN_TZ
-from bus.delivery import AcceptedDocument, DeliveryState
+from bus.delivery import AcceptedDocument, DeadLetter, DeliveryState
 from tests.integration.conftest import fresh_database
 from tests.integration.dashboard_client import NOW, TTL_S, Env, csrf_of, dashboard_env, login
 from tests.integration.dashboard_seed import (

@@ -23,8 +23,7 @@ from adapters.rabbitmq.deadletters import DeadLetterWorker
 from adapters.rabbitmq.headers import REPLAY_HEADER
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.store import StatusStore
-from adapters.store.store import DeadLetter
-from bus.delivery import AcceptedDocument, DeliveryState
+from bus.delivery import AcceptedDocument, DeadLetter, DeliveryState
 from bus.organ_id import OrganId
 from bus.replay import ReplayOutcome, replay
 from bus.topology import Topology

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from adapters.store import DocumentSearch, InboxItem, StatusStore
-from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
+from adapters.store import DocumentSearch, StatusStore
+from bus.delivery import AcceptedDocument, DeliveryState, InboxItem, TimelineEvent
 from bus.errors import StoreError, StoreUnavailableError
 from tests.integration.conftest import PG_ADMIN_DSN, fresh_database
 

@@ -9,9 +9,9 @@ import datetime as dt
 import httpx
 import pytest
 
+from adapters.national_axis import CircuitBreaker, CircuitState, RelayOut
 from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.protocol import hash_file, verify_request
-from adapters.national_axis.relay import CircuitBreaker, CircuitState, RelayOut
 from adapters.rabbitmq import BrokerNames
 from bus.errors import AxisRejectedError, AxisUnavailableError
 

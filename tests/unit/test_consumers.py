@@ -17,7 +17,7 @@ from adapters.rabbitmq.headers import from_amqp, to_amqp
 from adapters.rabbitmq.inbox import InboxWorker
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.parser import parse_message
-from adapters.store import InboxItem
+from bus.delivery import InboxItem
 from bus.errors import (
     AxisRejectedError,
     AxisUnavailableError,
