@@ -1,8 +1,8 @@
 """The mock national axis over real HTTP, on SQLite and on PostgreSQL.
 
-Every request is built with :func:`signed_headers`, the way the Java SDK builds it, so these tests
-exercise the real wire: signed ``XroadVnpt-*`` headers, the ``\\r\\n`` the SDK appends to a file,
-``hash-file`` without zero padding, ``Expect: 100-continue``.
+Every request is built with :func:`signed_headers` (``mock_axis_sdk.py``), the way the Java SDK
+builds it, so these tests exercise the real wire: signed ``XroadVnpt-*`` headers, the ``\\r\\n`` the
+SDK appends to a file, ``hash-file`` without zero padding, ``Expect: 100-continue``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,126 +26,30 @@ import pytest_asyncio
 
 from adapters.national_axis.protocol import (
     CONTENT_TYPE_FILE,
-    CONTENT_TYPE_JSON,
     hash_file,
     java_timestamp,
     signed_headers,
 )
 from bus.errors import ConfigError
 from bus.organ_id import OrganId
-from mock_axis import (
-    MockAxisConfig,
-    MockFaults,
-    RunningMockAxis,
-    load_mock_config,
-    serve_mock_axis,
-)
+from mock_axis import MockAxisConfig, MockFaults, load_mock_config, serve_mock_axis
 from mock_axis.store import MockAxisStore
 from tests.conftest import ROOT
 from tests.factory import make_document, make_status
 from tests.integration.conftest import fresh_database
+from tests.integration.mock_axis_sdk import (
+    CONFIG,
+    DOCUMENT,
+    G12,
+    H98,
+    H99,
+    Axis,
+    running_axis,
+)
+from tests.integration.mock_axis_sdk import answer as _answer
+from tests.integration.mock_axis_sdk import doc_id as _doc_id
 
 pytestmark = pytest.mark.asyncio
-
-CONFIG = ROOT / "config" / "mock-axis.toml"
-H99, H98, G12 = "000.00.90.H99", "000.00.90.H98", "000.00.00.G12"  # the systems of config/mock-axis.toml
-
-
-@dataclass
-class Axis:
-    """A running mock and an HTTP client that speaks to it as the SDK would."""
-
-    url: str
-    config: MockAxisConfig
-    http: httpx.AsyncClient
-    faults: MockFaults  # the running mock's own object, switched in-process
-    port: int = 0
-
-    @classmethod
-    def of(cls, running: RunningMockAxis, http: httpx.AsyncClient) -> Axis:
-        return cls(running.url, running.config, http, running.faults, running.port)
-
-    async def call(
-        self,
-        system: str,
-        operation: str,
-        params: Mapping[str, str] | None = None,
-        *,
-        body: bytes = b"",
-        method: str = "POST",
-        content_type: str = CONTENT_TYPE_JSON,
-        file_hash: str | None = None,
-        key: str | None = None,
-        extra_headers: Sequence[tuple[str, str]] = (),
-    ) -> httpx.Response:
-        secret = key if key is not None else self.config.secret_of(system)
-        assert secret is not None
-        headers = signed_headers(
-            system,
-            secret,
-            params or {},
-            timestamp=java_timestamp(dt.datetime.now(dt.UTC)),
-            content_type=content_type,
-            hash_of_file=file_hash,
-        )
-        # Values as UTF-8 bytes, as sendEdoc sends them (httpx would refuse non-ASCII text).
-        raw = [(name.encode("ascii"), value.encode("utf-8")) for name, value in [*headers, *extra_headers]]
-        return await self.http.request(method, f"{self.url}/{operation}", headers=raw, content=body)
-
-    async def ok(
-        self, system: str, operation: str, params: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        response = await self.call(system, operation, params, body=b"{}")
-        answer: dict[str, Any] = response.json()
-        assert response.status_code == 200, answer
-        assert (answer["status"], answer["ErrorCode"]) == ("OK", "0"), answer
-        return answer
-
-    async def send(
-        self,
-        system: str,
-        envelope: bytes,
-        *,
-        message_type: str = "edoc",
-        sender: str | None = None,
-        to: str | None = None,
-    ) -> httpx.Response:
-        """sendEdoc as the SDK does it: the file plus ``\\r\\n``, its hash-file, octet-stream."""
-        params = {"servicetype": "eDoc", "messagetype": message_type}
-        if sender is not None:
-            params["from"] = sender
-        if to is not None:
-            params["to"] = to
-        return await self.call(
-            system,
-            "sendEdoc",
-            params,
-            body=envelope + b"\r\n",
-            content_type=CONTENT_TYPE_FILE,
-            file_hash=hash_file(envelope),
-        )
-
-    async def received(self, system: str, message_type: str = "edoc") -> list[dict[str, Any]]:
-        answer = await self.ok(
-            system, "getReceivedEdocList", {"servicetype": "eDoc", "messagetype": message_type}
-        )
-        return list(answer["data"])
-
-    async def switch(self, **wanted: Any) -> dict[str, Any]:
-        response = await self.http.post(f"{self.url}/_mock/faults", json=wanted)
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-
-def _answer(response: httpx.Response) -> dict[str, Any]:
-    return dict(json.loads(response.content))
-
-
-def _doc_id(response: httpx.Response) -> str:
-    answer = _answer(response)
-    assert response.status_code == 200
-    assert (answer["status"], answer["ErrorCode"]) == ("OK", "0"), answer
-    return str(answer["DocId"])
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +59,8 @@ def config() -> MockAxisConfig:
 
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
 async def axis(request: pytest.FixtureRequest, tmp_path: Path, config: MockAxisConfig) -> AsyncIterator[Axis]:
-    async with (
-        fresh_database(request.param, tmp_path) as url,
-        serve_mock_axis(config, url) as running,
-        httpx.AsyncClient(timeout=10) as http,
-    ):
-        yield Axis.of(running, http)
-
-
-DOCUMENT = make_document("000.00.01.H99", ["000.00.00.G12"], 1)
+    async with running_axis(request.param, tmp_path, config) as running:
+        yield running
 
 
 # -- documents and status messages -------------------------------------------------------------------
