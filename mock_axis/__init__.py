@@ -21,9 +21,14 @@ Error codes (``ErrorCode``; the real axis's codes are unknown, these only need t
     413  body too large                   500  injected failure (fail_next)
     503  injected outage (down)
 
-``sendEdoc`` always answers HTTP 200 (the SDK reads no other body) in US-ASCII JSON (non-ASCII as
-JSON escapes such as ``\\u1ea1`` for "ạ"; the SDK decodes that reply as US-ASCII), with ``DocId``
-even on failure.
+``sendEdoc`` answers in US-ASCII JSON (non-ASCII as JSON escapes such as ``\\u1ea1`` for "ạ"; the
+SDK decodes that reply as US-ASCII), with ``DocId`` even on failure, and refuses an envelope with
+HTTP 200 (the SDK reads a sendEdoc body only from a 200/201); a failed authentication (401), a body
+too large (413) and the injected faults (500, 503) carry their own status.
+
+A refused ``downloadEdoc`` has an **empty body** (the SDK saves any body as the document, §6): its
+ErrorCode is the HTTP status, and the ``XroadVnpt-ErrorCode`` and ``XroadVnpt-ErrorDesc`` headers
+carry the envelope's two fields.
 
 **Fault injection** (:class:`MockFaults`) is switched in-process through ``running.faults`` or over
 HTTP with ``POST /_mock/faults`` (JSON object of fields to set), ``GET /_mock/faults`` and

@@ -45,6 +45,24 @@ def _json(payload: dict[str, Any], status: int = 200, *, ascii_only: bool = Fals
     return Response(text.encode(charset), status, media_type=f"application/json; charset={charset}")
 
 
+# downloadEdoc's refusal travels in these headers: its body must stay empty (see _refused_download).
+ERROR_CODE_HEADER = HEADER_PREFIX + "ErrorCode"
+ERROR_DESC_HEADER = HEADER_PREFIX + "ErrorDesc"
+
+
+def _refused_download(refusal: Refusal) -> Response:
+    """A refused ``downloadEdoc`` (the only GET): no body, the ErrorCode as the HTTP status, and the
+    envelope's ErrorCode and ErrorDesc as headers.
+
+    The SDK saves whatever body a download answers as ``<docId>.edxml``, whatever the HTTP status,
+    and reports SUCCESS; only an empty body makes it report FAIL/100 (protocol notes §6). A JSON
+    refusal would be saved as the document. Header values are ASCII: ErrorDesc's other characters
+    are JSON escapes (``\\u1ed9``), as in sendEdoc's replies."""
+    http = refusal.http if refusal.http != 200 else int(refusal.code)
+    reason = json.dumps(refusal.description, ensure_ascii=True)[1:-1]
+    return Response(b"", http, headers={ERROR_CODE_HEADER: refusal.code, ERROR_DESC_HEADER: reason})
+
+
 _SECURITY_HEADERS = {(HEADER_PREFIX + name).lower() for name in ("sign-header", "hash-header")}
 
 
@@ -114,14 +132,11 @@ class MockAxis:
             result = await handler(signed, body)
         except Refusal as refusal:
             log.info("mock_axis.refused", operation=operation, system=system, code=refusal.code)
+            if request.method == "GET":
+                return _refused_download(refusal)
             extra = {"DocId": ""} if ascii_only else {}
             failure = envelope(ok=False, code=refusal.code, description=refusal.description, **extra)
-            http = refusal.http
-            if request.method == "GET" and http == 200:
-                # downloadEdoc's body is the file itself: a refusal must not pass for one (a 200 with
-                # a body), so it gets its ErrorCode (4xx) as the HTTP status.
-                http = int(refusal.code)
-            return _json(failure, http, ascii_only=ascii_only)
+            return _json(failure, refusal.http, ascii_only=ascii_only)
         log.info("mock_axis.answered", operation=operation, system=system)
         return result if isinstance(result, Response) else _json(result, ascii_only=ascii_only)
 
