@@ -120,9 +120,19 @@ def _file_body(body: bytes, given: str | None) -> bytes:
     raise Refusal("400", "hash-file does not match the SHA-256 of the body (damaged in transit?)")
 
 
+_TO_SHAPES = (
+    'one OrganId ("000.00.00.G22"), an array of them (["000.00.00.G22"]) '
+    'or an array of objects with a code ([{"code":"000.00.00.G22"}])'
+)
+
+
 def _recipient_codes(to: str | None, routing: Routing, message_type: str) -> list[str]:
-    """From the ``to`` parameter (the JSON text of an array or a string, as the SDK sends it), else
-    from the envelope: To/OrganId of a document, ResponseFor/OrganId of a status message."""
+    """From the ``to`` parameter, else from the envelope: To/OrganId of a document,
+    ResponseFor/OrganId of a status message.
+
+    The SDK sends the JSON text of the caller's ``to`` value, and real callers use three shapes
+    (protocol notes §6): a string, an array of strings, an array of objects with ``code`` (other
+    fields of the object are ignored). An array may mix the last two."""
     if to is None:
         codes = routing.to if message_type == "edoc" else routing.response_for
         where = "To/OrganId" if message_type == "edoc" else "ResponseFor/OrganId"
@@ -132,8 +142,24 @@ def _recipient_codes(to: str | None, routing: Routing, message_type: str) -> lis
     try:
         value = json.loads(to)
     except ValueError as exc:
-        raise Refusal("400", f"to must be JSON (an array or a string), got {to!r}") from exc
-    codes = [value] if isinstance(value, str) else value
-    if not isinstance(codes, list) or not codes or not all(isinstance(c, str) for c in codes):
-        raise Refusal("400", f"to must be a non-empty JSON array of OrganIds or one OrganId, got {to!r}")
-    return codes
+        raise Refusal("400", f"to must be JSON: {_TO_SHAPES}; got {to!r}") from exc
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list) or not entries:
+        raise Refusal("400", f"to must be {_TO_SHAPES}; got {to!r}")
+    return [_code_of(entry, index) for index, entry in enumerate(entries)]
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _code_of(entry: object, index: int) -> str:
+    if isinstance(entry, dict):
+        code = entry.get("code")
+        if not isinstance(code, str) or not code:
+            example = '{"code":"000.00.00.G22"}'
+            raise Refusal("400", f"to[{index}] has no code: write {example}, got {_json(entry)}")
+        return code
+    if not isinstance(entry, str):
+        raise Refusal("400", f"to[{index}] must be an OrganId or an object with a code, got {_json(entry)}")
+    return entry

@@ -12,7 +12,17 @@ import pytest
 import pytest_asyncio
 
 from mock_axis import MockAxisConfig, load_mock_config
-from tests.integration.mock_axis_sdk import CONFIG, DOCUMENT, G12, H98, H99, Axis, doc_id, running_axis
+from tests.integration.mock_axis_sdk import (
+    CONFIG,
+    DOCUMENT,
+    G12,
+    H98,
+    H99,
+    Axis,
+    answer,
+    doc_id,
+    running_axis,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -61,3 +71,38 @@ async def test_a_refused_download_is_an_empty_body_with_the_reason_in_headers(ax
     fetched = await axis.call(G12, "downloadEdoc", {"docId": sent, "filePath": "xml"}, method="GET")
     assert (fetched.status_code, fetched.content) == (200, DOCUMENT)
     assert "XroadVnpt-ErrorCode" not in fetched.headers
+
+
+# -- 2. the shapes of `to` --------------------------------------------------------------------------------
+
+
+async def test_to_is_a_string_an_array_of_strings_or_an_array_of_objects_with_a_code(axis: Axis) -> None:
+    """§6: real callers send `to` as a string (the gateway example), an array of strings, or an array
+    of objects with ``code``; the SDK sends the JSON text of the value."""
+    shapes = [
+        '"000.00.00.G12"',
+        '["000.00.00.G12"]',
+        '[{"code":"000.00.00.G12"}]',
+        '[{"code":"000.00.00.G12","name":"Bộ Tài chính","id":"12"}]',  # other fields are ignored
+        '[{"code":"000.00.00.G12"},"000.00.00.H98"]',  # mixed, one copy per recipient
+    ]
+    sent = [doc_id(await axis.send(H99, DOCUMENT, to=to)) for to in shapes]
+    for_g12 = await axis.received(G12)
+    assert [i["docId"] for i in for_g12] == sent  # each send reached G12 (its first recipient)
+    assert {i["to"] for i in for_g12} == {"000.00.00.G12"}
+    assert [i["to"] for i in await axis.received(H98)] == ["000.00.00.H98"]
+    refused = {
+        "[]": "to must be",
+        '[{"organId":"000.00.00.G12"}]': "to[0] has no code",
+        '[{"code":""}]': "to[0] has no code",
+        "[12]": "to[0] must be an OrganId or an object with a code",
+        '{"code":"000.00.00.G12"}': "to must be",  # an object, not an array of them
+        '[{"code":"not-an-organ-id"}]': "recipient",
+    }
+    for to, reason in refused.items():
+        bad = answer(await axis.send(H99, DOCUMENT, to=to))
+        assert (bad["status"], bad["ErrorCode"]) == ("FAIL", "400"), to
+        assert reason in bad["ErrorDesc"], (to, bad["ErrorDesc"])
+    shape_help = answer(await axis.send(H99, DOCUMENT, to="[]"))["ErrorDesc"]
+    assert '[{"code":"000.00.00.G22"}]' in shape_help  # the refusal shows the shapes it takes
+    assert len(await axis.received(G12)) == len(shapes)  # nothing refused was stored
