@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import structlog
 import uvicorn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 STARTUP_TIMEOUT_S = 10.0
+
+log = structlog.get_logger("bus.mock_axis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,31 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _loopback(host: str) -> bool:
+    """True when every address *host* names is a loopback one (127.0.0.0/8, ::1): then only this
+    machine can reach the mock. A name that does not resolve is not loopback."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in found}
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+
+
+def _check_secrets(config: MockAxisConfig, host: str) -> None:
+    """A secret under 16 bytes lets anyone who can reach the mock sign as its system. Integrators'
+    fixtures carry such secrets (the protocol notes' example is ``s3cret``; issue 13), so on a
+    loopback address the mock warns, naming each system, and starts; elsewhere it refuses."""
+    weak = [(system.system_id, reason) for system in config.systems if (reason := system.weak_secret)]
+    if not weak:
+        return
+    if not _loopback(host):
+        reasons = "; ".join(reason for _, reason in weak)
+        raise ConfigError(f"{reasons}: allowed on a loopback address only, not on {host}")
+    for system_id, reason in weak:
+        log.warning("mock_axis.weak_secret", system=system_id, reason=reason, host=host)
+
+
 async def _open_store(url: str, config: MockAxisConfig) -> MockAxisStore:
     store = MockAxisStore.connect(url)
     try:
@@ -102,7 +131,9 @@ async def serve_mock_axis(
     faults: MockFaults | None = None,
 ) -> AsyncIterator[RunningMockAxis]:
     """Run the mock in this event loop until the block ends (port 0: any free port, see ``url``).
-    *database_url* overrides the configuration's ``database``."""
+    *database_url* overrides the configuration's ``database``. A secret under 16 bytes is allowed
+    on a loopback *host* only (a warning per system); elsewhere :class:`ConfigError`."""
+    _check_secrets(config, host)
     store = await _open_store(database_url or config.database, config)
     faults = faults if faults is not None else MockFaults()
     try:
