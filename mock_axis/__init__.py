@@ -4,7 +4,8 @@ the operations of §3 at ``POST /<operation>`` (``GET /downloadEdoc``), authenti
 
 Modules: :mod:`~mock_axis.config` (the TOML file, the faults),
 :mod:`~mock_axis.sending` (what sendEdoc checks and where it routes),
-:mod:`~mock_axis.app` (the operations); and :mod:`~mock_axis.server` runs it.
+:mod:`~mock_axis.listing` (getReceivedEdocList's filters) and :mod:`~mock_axis.times` (the dates
+and times callers send), :mod:`~mock_axis.app` (the operations); and :mod:`~mock_axis.server` runs it.
 
 A tool for integrators, not part of a province's bus: it lives beside ``bus/`` and ``adapters/``, and
 nothing there imports it (the import contract in ``pyproject.toml``). It lets the bus's axis adapter be

@@ -29,6 +29,7 @@ from adapters.national_axis.protocol import (
 from bus.errors import InputError
 from bus.organ_id import OrganId, OrganLevel
 from mock_axis.config import MockAxisConfig, MockFaults
+from mock_axis.listing import read_received_filter
 from mock_axis.sending import Refusal, plan_send
 from mock_axis.store import AxisItem, MockAxisStore, NewItem
 
@@ -188,13 +189,15 @@ class MockAxis:
     async def received_list(self, signed: SignedRequest, body: bytes) -> dict[str, Any]:
         p = signed.params
         items = await self.store.received(
-            signed.system_id, message_type=p.get("messagetype") or None, service_type=p.get("servicetype")
+            signed.system_id,
+            message_type=p.get("messagetype") or None,
+            service_type=p.get("servicetype"),
+            wanted=read_received_filter(p),  # fromDate, toDate, status, pageSize, pageIndex
+            newest_first=self.faults.reorder,  # before paging: a page of the list as the axis orders it
         )
         data = [_received_entry(i) for i in items]
         if self.faults.duplicate_delivery:
             data = [entry for entry in data for entry in (entry, dict(entry))]
-        if self.faults.reorder:
-            data.reverse()
         return envelope(data=data)
 
     async def _own_item(self, signed: SignedRequest) -> AxisItem:

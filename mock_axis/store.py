@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from bus.errors import ConfigError
+from mock_axis.listing import ReceivedFilter
 from mock_axis.tables import (
     AxisAgency,
     AxisItem,
@@ -125,16 +126,35 @@ class MockAxisStore:
             await conn.execute(insert(axis_items), rows)
 
     async def received(
-        self, system: str, *, message_type: str | None = None, service_type: str | None = None
+        self,
+        system: str,
+        *,
+        message_type: str | None = None,
+        service_type: str | None = None,
+        wanted: ReceivedFilter | None = None,
+        newest_first: bool = False,
     ) -> list[AxisItem]:
-        """Items addressed to *system* and not yet done, oldest first."""
-        query = select(*_LIST_COLUMNS).where(axis_items.c.to_system == system, axis_items.c.status != "done")
+        """Items addressed to *system*, oldest first (*newest_first*: the reorder fault), cut by
+        *wanted*: without a status, what is not done yet; created within its dates; one page."""
+        wanted = wanted or ReceivedFilter()
+        status = axis_items.c.status
+        query = select(*_LIST_COLUMNS).where(
+            axis_items.c.to_system == system, status == wanted.status if wanted.status else status != "done"
+        )
         if message_type:
             query = query.where(axis_items.c.message_type == message_type)
         if service_type:
             query = query.where(axis_items.c.service_type == service_type)
+        # Both bounds in UTC: SQLite keeps the naive UTC text _now() wrote, and compares text.
+        if wanted.created_from is not None:
+            query = query.where(axis_items.c.created_at >= wanted.created_from.astimezone(dt.UTC))
+        if wanted.created_before is not None:
+            query = query.where(axis_items.c.created_at < wanted.created_before.astimezone(dt.UTC))
+        query = query.order_by(axis_items.c.seq.desc() if newest_first else axis_items.c.seq)
+        if wanted.limit is not None:
+            query = query.limit(wanted.limit).offset(wanted.offset)
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query.order_by(axis_items.c.seq))).all()
+            rows = (await conn.execute(query)).all()
         return [item_from_row(r) for r in rows]
 
     async def count_received(self, system: str, message_type: str, service_type: str | None = None) -> int:

@@ -5,13 +5,17 @@ bus's own client (``adapters/national_axis/client.py``) against the same shapes.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from adapters.national_axis.protocol import java_timestamp
 from mock_axis import MockAxisConfig, load_mock_config
+from tests.factory import make_document
 from tests.integration.mock_axis_sdk import (
     CONFIG,
     DOCUMENT,
@@ -106,3 +110,74 @@ async def test_to_is_a_string_an_array_of_strings_or_an_array_of_objects_with_a_
     shape_help = answer(await axis.send(H99, DOCUMENT, to="[]"))["ErrorDesc"]
     assert '[{"code":"000.00.00.G22"}]' in shape_help  # the refusal shows the shapes it takes
     assert len(await axis.received(G12)) == len(shapes)  # nothing refused was stored
+
+
+# -- 4. getReceivedEdocList's filters ---------------------------------------------------------------------
+
+
+async def test_received_list_honours_dates_status_and_pages(axis: Axis) -> None:
+    """§6: real callers add fromDate, toDate, status, pageSize, pageIndex. Their formats on the real
+    axis are not known; the mock reads the usual ones and refuses anything else with the list."""
+    sent = []
+    for number in range(3):
+        sent.append(doc_id(await axis.send(H99, make_document("000.00.01.H99", ["000.00.00.G12"], number))))
+        await asyncio.sleep(0.01)  # distinct created_time, to the millisecond
+    first, done, last = sent
+    await axis.ok(G12, "updateStatus", {"status": "processing", "docId": first})
+    await axis.ok(G12, "updateStatus", {"status": "done", "docId": done})
+    listed = {i["docId"]: i for i in await axis.received(G12)}
+    assert list(listed) == [first, last]  # done is not listed unless asked for
+    created = {doc: dt.datetime.fromisoformat(listed[doc]["created_time"]) for doc in (first, last)}
+    today = listed[first]["created_time"][:10]  # the axis's day (Vietnam), yyyy-MM-dd
+    day = dt.date.fromisoformat(today)
+    last_day = dt.date.fromisoformat(listed[last]["created_time"][:10])  # the same, unless at midnight
+
+    async def ids(**filters: str) -> list[str]:
+        params = {"servicetype": "eDoc", "messagetype": "edoc", **filters}
+        return [i["docId"] for i in (await axis.ok(G12, "getReceivedEdocList", params))["data"]]
+
+    assert await ids(status="pending") == [last]
+    assert await ids(status="processing") == [first]
+    assert await ids(status="done") == [done]
+    assert await ids(pageSize="1") == [first]
+    assert await ids(pageSize="1", pageIndex="2") == [last]
+    assert await ids(pageSize="1", pageIndex="3") == []
+    assert await ids(pageSize="5", pageIndex="1") == [first, last]
+    # Dates: a day names the whole day; a time names its second, or its millisecond.
+    for form in ("%Y-%m-%d", "%d/%m/%Y"):
+        assert await ids(fromDate=day.strftime(form), toDate=last_day.strftime(form)) == [first, last]
+    yesterday, tomorrow = day - dt.timedelta(days=1), last_day + dt.timedelta(days=1)
+    assert await ids(toDate=yesterday.isoformat()) == []
+    assert await ids(fromDate=tomorrow.strftime("%d/%m/%Y")) == []
+    assert await ids(fromDate=listed[last]["created_time"]) == [last]  # ISO 8601, as the list shows it
+    assert await ids(toDate=listed[first]["created_time"]) == [first]  # inclusive, to the millisecond
+    assert await ids(fromDate=java_timestamp(created[last])) == [last]  # the SDK's own format
+    assert await ids(fromDate=created[last].astimezone(dt.UTC).isoformat()) == [last]  # any offset
+    to_the_second = created[last].strftime("%d/%m/%Y %H:%M:%S")
+    assert await ids(toDate=to_the_second) == [first, last]
+    assert await ids(fromDate=today, status="done", pageSize="1") == [done]
+    # The faults apply to the page the caller asked for: newest first, then paged.
+    axis.faults.reorder = True
+    assert await ids(pageSize="1") == [last]
+    axis.faults.reorder = False
+
+    refusals = {
+        "fromDate": ({"fromDate": "2026-31-12"}, "fromDate '2026-31-12' is not a date"),
+        "toDate": ({"toDate": "30/02/2026"}, "toDate '30/02/2026' is not a date"),
+        "order": ({"fromDate": tomorrow.isoformat(), "toDate": last_day.isoformat()}, "is after toDate"),
+        "status": ({"status": "received"}, "status must be pending, processing, done or fail"),
+        "pageSize 0": ({"pageSize": "0"}, "pageSize must be a whole number from 1 to 1000"),
+        "pageSize text": ({"pageSize": "ten"}, "pageSize must be a whole number from 1 to 1000"),
+        "pageSize big": ({"pageSize": "1001"}, "pageSize must be a whole number from 1 to 1000"),
+        "pageIndex 0": ({"pageSize": "5", "pageIndex": "0"}, "pageIndex counts pages from 1"),
+        "pageIndex alone": ({"pageIndex": "2"}, "pageIndex needs pageSize"),
+    }
+    for case, (filters, reason) in refusals.items():
+        params = {"servicetype": "eDoc", "messagetype": "edoc", **filters}
+        refused = answer(await axis.call(G12, "getReceivedEdocList", params))
+        assert (refused["status"], refused["ErrorCode"]) == ("FAIL", "400"), case
+        assert reason in refused["ErrorDesc"], (case, refused["ErrorDesc"])
+    formats = answer(await axis.call(G12, "getReceivedEdocList", {"fromDate": "yesterday"}))["ErrorDesc"]
+    assert "yyyy-MM-dd" in formats
+    assert "dd/MM/yyyy" in formats
+    assert "ddMMyyyy'T'HHmmss+SSSS" in formats
