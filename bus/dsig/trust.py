@@ -11,16 +11,25 @@ built, from the trust anchor down (a revoked intermediate is reported before the
 against its issuer's CRL, or, when that issuer (anchor or intermediate) has none configured, as a
 certificate whose status is unknown, which the registry's policy refuses or flags. The check is an
 in-memory look-up: CRLs are fetched and refreshed elsewhere (:mod:`bus.dsig.crl_refresh`).
+
+A chain that validated is remembered (issue 12: the same few agency certificates sign every
+envelope, and checking their links' signatures again each time was most of verification's CPU): its
+links are a function of the certificates alone, and its validity is the intersection of theirs, so a
+chain found again is accepted without checking its signatures again while the time lies inside that
+window. Revocation is checked on every use, never remembered: a CRL may list a certificate any time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtensionOID
 
 from bus.dsig.revocation import CrlRegistry
@@ -29,6 +38,14 @@ from bus.errors import CertificateError, ConfigError
 __all__ = ["TrustStore", "describe"]
 
 _MAX_DEPTH = 5
+_REMEMBERED_CHAINS = 1024  # agencies' signing certificates, with room to spare: least recently used go
+
+
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    chain: tuple[x509.Certificate, ...]
+    valid_from: dt.datetime
+    valid_until: dt.datetime
 
 
 def describe(certificate: x509.Certificate) -> str:
@@ -84,6 +101,7 @@ class TrustStore:
     def __init__(self, anchors: Iterable[x509.Certificate], revocation: CrlRegistry | None = None) -> None:
         self.anchors: tuple[x509.Certificate, ...] = tuple(anchors)
         self.revocation = revocation
+        self._validated: OrderedDict[tuple[bytes, ...], _Validated] = OrderedDict()
         if not self.anchors:
             raise ConfigError("the trust store holds no CA certificate")
 
@@ -108,6 +126,26 @@ class TrustStore:
     ) -> tuple[x509.Certificate, ...]:
         """The chain ``(signer, ..., anchor)``, or :class:`CertificateError` saying which link fails
         (:class:`~bus.errors.CertificateRevokedError` for a revoked one)."""
+        key = tuple(c.fingerprint(hashes.SHA256()) for c in (signer, *intermediates))
+        known = self._validated.get(key)
+        if known is None or not known.valid_from <= at <= known.valid_until:
+            chain = self._build(signer, intermediates, at)
+            known = _Validated(
+                chain,
+                max(c.not_valid_before_utc for c in chain),
+                min(c.not_valid_after_utc for c in chain),
+            )
+            self._validated[key] = known
+            if len(self._validated) > _REMEMBERED_CHAINS:
+                self._validated.popitem(last=False)
+        self._validated.move_to_end(key)
+        self._check_revocation(known.chain, at)
+        return known.chain
+
+    def _build(
+        self, signer: x509.Certificate, intermediates: Sequence[x509.Certificate], at: dt.datetime
+    ) -> tuple[x509.Certificate, ...]:
+        """The chain checked link by link (names, signatures, CA flags, key usage, validity at *at*)."""
         _check_signer(signer)
         chain = [signer]
         current = signer
@@ -117,7 +155,6 @@ class TrustStore:
                 if anchor.subject == current.issuer and _issued_by(current, anchor):
                     _check_issuer(anchor)
                     _check_time(anchor, at)
-                    self._check_revocation((*chain, anchor), at)
                     return (*chain, anchor)
             candidates = [c for c in intermediates if c.subject == current.issuer and c not in chain]
             issuer = next((c for c in candidates if _issued_by(current, c)), None)
