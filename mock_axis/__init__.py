@@ -5,19 +5,22 @@ the operations of §3 at ``POST /<operation>`` (``GET /downloadEdoc``), authenti
 Modules: :mod:`~mock_axis.config` (the TOML file, the faults),
 :mod:`~mock_axis.sending` (what sendEdoc checks and where it routes),
 :mod:`~mock_axis.listing` (getReceivedEdocList's filters) and :mod:`~mock_axis.times` (the dates
-and times callers send), :mod:`~mock_axis.app` (the operations); and :mod:`~mock_axis.server` runs it.
+and times callers send), :mod:`~mock_axis.freshness` (the stricter axis a fault switches on),
+:mod:`~mock_axis.app` (the operations); and :mod:`~mock_axis.server` runs it.
 
 A tool for integrators, not part of a province's bus: it lives beside ``bus/`` and ``adapters/``, and
 nothing there imports it (the import contract in ``pyproject.toml``). It lets the bus's axis adapter be
 tested end to end, and the SDK's own example be pointed at it. It is
 not the real axis: where the real one's behaviour is unknown ([?] in the protocol notes) it does the
-strict thing and says so in ``ErrorDesc``. Parameters are read only from the signed sign-header
+strict thing and says so in ``ErrorDesc``, unless the real client would trip over it (old
+timestamps pass unless a fault says otherwise; issue 13). Parameters are read only from the signed sign-header
 (never from a plain header), and a sender may only send as an organisation its system serves.
 
 Error codes (``ErrorCode``; the real axis's codes are unknown, these only need to be non-zero)::
 
     0    success                          400  bad parameter or envelope (hostile XML included)
-    401  authentication failed (HTTP 401) 403  forged sender, or the item is not this system's
+    401  authentication failed (HTTP 401; also a stale timestamp or a replay, when switched on)
+    403  forged sender, or the item is not this system's
     404  unknown recipient, item, agency or operation
     413  body too large                   500  injected failure (fail_next)
     503  injected outage (down)

@@ -29,6 +29,7 @@ from adapters.national_axis.protocol import (
 from bus.errors import InputError
 from bus.organ_id import OrganId, OrganLevel
 from mock_axis.config import MockAxisConfig, MockFaults
+from mock_axis.freshness import RequestGuard
 from mock_axis.listing import read_received_filter
 from mock_axis.sending import Refusal, plan_send
 from mock_axis.store import AxisItem, MockAxisStore, NewItem
@@ -92,6 +93,7 @@ class MockAxis:
 
     def __init__(self, config: MockAxisConfig, store: MockAxisStore, faults: MockFaults) -> None:
         self.config, self.store, self.faults = config, store, faults
+        self.guard = RequestGuard()  # freshness_window_s, nonce_memory
         self._operations: dict[tuple[str, str], Handler] = {
             ("POST", "sendEdoc"): self.send_edoc,
             ("POST", "getReceivedEdocList"): self.received_list,
@@ -126,7 +128,9 @@ class MockAxis:
             if handler is None:
                 raise Refusal("404", f"no operation {request.method} /{operation} on this axis", 404)
             try:
-                signed = verify_request(_raw_headers(request.scope), self.config.secret_of)
+                headers = _raw_headers(request.scope)
+                signed = verify_request(headers, self.config.secret_of)
+                self.guard.check(signed, headers[(HEADER_PREFIX + "hash-header").lower()], self.faults)
             except AuthFailure as exc:
                 raise Refusal("401", f"authentication failed: {exc}", 401) from exc
             system = signed.system_id

@@ -135,7 +135,12 @@ class MockFaults(BaseModel):
     ``down``: every operation answers 503. ``slow_s``: wait this long before answering.
     ``fail_next``: the next N requests answer 500. ``accept_then_lose``: the next N sendEdoc answer OK
     with a DocId but store nothing. ``duplicate_delivery``: getReceivedEdocList lists every item twice,
-    and an item marked done comes back once more. ``reorder``: the received list newest first."""
+    and an item marked done comes back once more. ``reorder``: the received list newest first.
+
+    A stricter axis (:mod:`mock_axis.freshness`; the real one's rules are unknown, and by default the
+    mock accepts any timestamp, as the SDK stamps once per service object): ``freshness_window_s``
+    (0: off) refuses, 401, a timestamp further than that from the mock's clock; ``nonce_memory``
+    refuses, 401, a request whose signed headers were already accepted."""
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
 
@@ -145,6 +150,8 @@ class MockFaults(BaseModel):
     accept_then_lose: int = Field(default=0, ge=0)
     duplicate_delivery: bool = False
     reorder: bool = False
+    freshness_window_s: float = Field(default=0.0, ge=0, le=366 * 86400)
+    nonce_memory: bool = False
 
     def reset(self) -> None:
         for name, field in type(self).model_fields.items():

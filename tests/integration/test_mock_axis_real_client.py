@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from adapters.national_axis.protocol import java_timestamp
+from adapters.national_axis.protocol import CONTENT_TYPE_FILE, hash_file, java_timestamp
 from mock_axis import MockAxisConfig, load_mock_config
 from tests.factory import make_document
 from tests.integration.mock_axis_sdk import (
@@ -181,3 +181,70 @@ async def test_received_list_honours_dates_status_and_pages(axis: Axis) -> None:
     assert "yyyy-MM-dd" in formats
     assert "dd/MM/yyyy" in formats
     assert "ddMMyyyy'T'HHmmss+SSSS" in formats
+
+
+# -- 5. a stricter axis: freshness window and nonce memory ---------------------------------------------
+
+
+async def test_old_timestamps_pass_unless_a_freshness_window_or_nonce_memory_is_switched_on(
+    axis: Axis,
+) -> None:
+    """§6: the SDK stamps a request once per service object, so a long-lived client sends an old
+    timestamp on every call, and the same one on two identical calls. The real axis's rule is
+    unknown: by default the mock accepts both; the two faults make it strict."""
+    old = "15032024T101530+0042"  # the protocol notes' worked example, long ago
+    for _ in range(2):  # old, and the very same request twice
+        response = await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=old)
+        assert (response.status_code, answer(response)["status"]) == (200, "OK")
+
+    switched = await axis.switch(freshness_window_s=300)
+    assert (switched["freshness_window_s"], switched["nonce_memory"]) == (300, False)
+    now = dt.datetime.now(dt.UTC)
+    for stamp, reason in [
+        (old, "s old"),
+        (java_timestamp(now + dt.timedelta(minutes=10)), "s ahead of the axis's clock"),
+        ("2024-03-15T10:15:30", "ddMMyyyy'T'HHmmss+SSSS"),
+    ]:
+        refused = await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=stamp)
+        assert refused.status_code == 401, stamp
+        assert (answer(refused)["status"], answer(refused)["ErrorCode"]) == ("FAIL", "401"), stamp
+        assert reason in answer(refused)["ErrorDesc"], answer(refused)["ErrorDesc"]
+        assert "freshness_window_s" in answer(refused)["ErrorDesc"]
+    fresh = java_timestamp(now - dt.timedelta(seconds=30))
+    assert (await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=fresh)).status_code == 200
+
+    axis.faults.nonce_memory = True  # in-process, the same object /_mock/faults sets
+    stamp = java_timestamp(dt.datetime.now(dt.UTC))
+    assert (await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=stamp)).status_code == 200
+    replayed = await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=stamp)
+    assert (replayed.status_code, answer(replayed)["ErrorCode"]) == (401, "401")
+    assert "nonce_memory" in answer(replayed)["ErrorDesc"]
+    # Another request with the same timestamp is another nonce: only an identical one is a replay.
+    count = await axis.call(G12, "countReceiveEdoc", {"servicetype": "eDoc"}, body=b"{}", timestamp=stamp)
+    assert count.status_code == 200
+    params = {"servicetype": "eDoc", "messagetype": "edoc"}
+    sends = [
+        await axis.call(
+            H99,
+            "sendEdoc",
+            params,
+            body=DOCUMENT + b"\r\n",
+            content_type=CONTENT_TYPE_FILE,
+            file_hash=hash_file(DOCUMENT),
+            timestamp=stamp,
+        )
+        for _ in range(2)
+    ]
+    assert [s.status_code for s in sends] == [200, 401]
+    assert answer(sends[1])["DocId"] == ""
+    [item] = await axis.received(G12)  # the replayed send stored nothing
+    download = {"docId": item["docId"], "filePath": "xml"}
+    got = await axis.call(G12, "downloadEdoc", download, method="GET", timestamp=stamp)
+    again = await axis.call(G12, "downloadEdoc", download, method="GET", timestamp=stamp)
+    assert (got.status_code, got.content) == (200, DOCUMENT)
+    assert (again.status_code, again.content, again.headers["XroadVnpt-ErrorCode"]) == (401, b"", "401")
+
+    reset = (await axis.http.post(f"{axis.url}/_mock/reset")).json()
+    assert (reset["freshness_window_s"], reset["nonce_memory"]) == (0, False)
+    response = await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=old)
+    assert response.status_code == 200  # lenient again
