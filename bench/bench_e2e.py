@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import httpx
 from lxml import etree
 
@@ -57,6 +60,12 @@ class Run:
     deliveries: int
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
+    # What the run cost, from the kernel and from PostgreSQL's own statistics (None where not measured:
+    # the raw loop has no bus and no database).
+    bus_cpu_s: float | None = None
+    generator_cpu_s: float | None = None
+    commits: int | None = None
+    statements: int | None = None
 
     @property
     def rate(self) -> float:
@@ -65,6 +74,50 @@ class Run:
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of *pid* so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _servers_cpu_s(servers: list[ServeProcess]) -> float:
+    return sum(_process_cpu_s(s.process.pid) for s in servers if s.process is not None)
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Counters:
+    """PostgreSQL's own count of the bench database's commits and of the statements it ran (the
+    second from pg_stat_statements, when the server preloads it; scripts/services.sh asks it to)."""
+
+    dsn: str | None
+
+    async def read(self) -> tuple[int | None, int | None]:
+        if self.dsn is None:
+            return None, None
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            name = await connection.fetchval("SELECT current_database()")
+            commits = await connection.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name
+            )
+            statements = None
+            with contextlib.suppress(asyncpg.PostgresError):  # not preloaded: commits only
+                await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                statements = await connection.fetchval(
+                    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s "
+                    "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1",
+                    name,
+                )
+            return int(commits), None if statements is None else int(statements)
+        finally:
+            await connection.close()
 
 
 def _bench_province(communes: int) -> str:
@@ -103,6 +156,7 @@ async def bus_run(
     recipients: list[list[str]],
     count: int,
     concurrency: int,
+    counters: Counters | None = None,
 ) -> Run:
     tag = f"B{uuid.uuid4().hex[:6]}"
     envelopes = _signed_envelopes(pki, count, recipients, 6000, tag)
@@ -145,6 +199,10 @@ async def bus_run(
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
     for n, body in enumerate(envelopes):
         queue.put_nowait((n, body))
+    counters = counters or Counters(None)
+    commits_before, statements_before = await counters.read()
+    bus_cpu_before = _servers_cpu_s(servers)
+    own_cpu_before = _own_cpu_s()
     started = time.perf_counter()
     pullers = [asyncio.create_task(puller(a, i)) for i, a in enumerate(agencies)]
     try:
@@ -166,8 +224,25 @@ async def bus_run(
         await asyncio.gather(*pullers, return_exceptions=True)
         for sender in senders:
             await sender.aclose()
+    bus_cpu = _servers_cpu_s(servers) - bus_cpu_before
+    own_cpu = _own_cpu_s() - own_cpu_before
+    commits_after, statements_after = await counters.read()
     print(f"  {label}: {count} envelopes in {seconds:.1f} s", file=sys.stderr, flush=True)
-    return Run(label, count, expected, seconds, latencies)
+    return Run(
+        label,
+        count,
+        expected,
+        seconds,
+        latencies,
+        bus_cpu_s=bus_cpu,
+        generator_cpu_s=own_cpu,
+        commits=None if commits_after is None or commits_before is None else commits_after - commits_before,
+        statements=(
+            None
+            if statements_after is None or statements_before is None
+            else statements_after - statements_before
+        ),
+    )
 
 
 async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
@@ -252,30 +327,66 @@ async def main(args: argparse.Namespace) -> list[Run]:
                     server.start()
                 for server in servers:
                     await server.wait_ready()
-                return await _runs(args, servers, pki)
+                dsn = (
+                    url.replace("postgresql+asyncpg://", "postgresql://", 1)
+                    if args.database == "postgresql"
+                    else None
+                )
+                return await _runs(args, servers, pki, Counters(dsn))
             finally:
                 for server in servers:
                     server.stop()
                 await delete_broker_objects(settings)
 
 
-async def _runs(args: argparse.Namespace, servers: list[ServeProcess], pki: Path) -> list[Run]:
+async def _runs(
+    args: argparse.Namespace, servers: list[ServeProcess], pki: Path, counters: Counters
+) -> list[Run]:
+    """Each row *args.repeat* times, interleaved (raw, bus, raw, bus, ...) so that other load on the
+    machine falls on both; the report takes the median of each row."""
     local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
     communes = [[f"000.{n:02d}.40.H99" for n in range(1, FANOUT + 1)]]
     await bus_run("warm-up", servers, pki, local, args.warm_up, args.concurrency)
     runs: list[Run] = []
-    for concurrency in (1, args.concurrency):
-        n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
-        runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
-        runs.append(
-            await bus_run(f"bus, 8 KB signed, {concurrency} in flight", servers, pki, local, n, concurrency)
-        )
     c = args.concurrency
-    runs.append(await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c))
-    runs.append(
-        await bus_run(f"bus, fan-out {FANOUT}, {c} in flight", servers, pki, communes, args.fanout, c)
-    )
+    for _ in range(args.repeat):
+        for concurrency in (1, c):
+            n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
+            runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
+            runs.append(
+                await bus_run(
+                    f"bus, 8 KB signed, {concurrency} in flight",
+                    servers,
+                    pki,
+                    local,
+                    n,
+                    concurrency,
+                    counters,
+                )
+            )
+        runs.append(await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c))
+        runs.append(
+            await bus_run(
+                f"bus, fan-out {FANOUT}, {c} in flight", servers, pki, communes, args.fanout, c, counters
+            )
+        )
     return runs
+
+
+def _median_runs(runs: list[Run]) -> list[Run]:
+    """One run per label: the run of median delivery rate (its own latencies and costs with it)."""
+    by_label: dict[str, list[Run]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    chosen = []
+    for same in by_label.values():
+        ordered = sorted(same, key=lambda r: r.deliveries / r.seconds)
+        chosen.append(ordered[len(ordered) // 2])
+    return chosen
+
+
+def _per_delivery(value: float | int | None, run: Run, scale: float = 1.0) -> str:
+    return "n/a" if value is None else f"{value * scale / run.deliveries:.2f}"
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
@@ -290,12 +401,24 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         f"\n{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, RabbitMQ {rabbit or '?'}, "
         f"store {args.database}, {args.processes} bus serve process(es); load generator on the same machine\n"
     )
-    print("| run | envelopes | deliveries | envelopes/s | deliveries/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    rates = {
+        label: [r.deliveries / r.seconds for r in runs if r.label == label]
+        for label in {r.label for r in runs}
+    }
+    runs = _median_runs(runs)
+    print(
+        "| run | envelopes | deliveries | envelopes/s | deliveries/s (median of "
+        f"{args.repeat}; all) | p50 ms | p99 ms | bus CPU ms / delivery | generator CPU ms / delivery "
+        "| commits / delivery | statements / delivery |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
+        every = ", ".join(f"{rate:.0f}" for rate in sorted(rates[run.label]))
         print(
             f"| {run.label} | {run.envelopes} | {run.deliveries} | {run.rate:.0f} | "
-            f"{run.deliveries / run.seconds:.0f} | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} |"
+            f"{run.deliveries / run.seconds:.0f} ({every}) | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} | "
+            f"{_per_delivery(run.bus_cpu_s, run, 1000)} | {_per_delivery(run.generator_cpu_s, run, 1000)} | "
+            f"{_per_delivery(run.commits, run)} | {_per_delivery(run.statements, run)} |"
         )
     print()
     for raw, bus in zip(runs[::2], runs[1::2], strict=True):
@@ -311,10 +434,12 @@ if __name__ == "__main__":
     parser.add_argument("--processes", type=int, default=1, help="bus serve processes")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--warm-up", type=int, default=50, help="envelopes sent before measuring")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each row; the report gives the median")
     parser.add_argument(
         "--smoke", action="store_true", help="a few envelopes per row: checks that the benchmark runs"
     )
     arguments = parser.parse_args()
     if arguments.smoke:
         arguments.envelopes, arguments.fanout, arguments.concurrency, arguments.warm_up = 8, 2, 4, 4
+        arguments.repeat = 1
     report(asyncio.run(main(arguments)), arguments)

@@ -44,6 +44,18 @@ if ! port_open 5432; then
     runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null 2>&1 || true
   fi
 fi
+# The benchmark counts statements per delivery from PostgreSQL's own statistics (bench/bench_e2e.py):
+# pg_stat_statements must be preloaded, which takes one restart, once.
+preload=$(PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc "SHOW shared_preload_libraries" 2>/dev/null || true)
+if [[ "$preload" != *pg_stat_statements* ]] && command -v pg_ctlcluster >/dev/null 2>&1; then
+  say "PostgreSQL: preloading pg_stat_statements (one restart)"
+  libraries="pg_stat_statements${preload:+,$preload}"
+  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET shared_preload_libraries = '$libraries'" >/dev/null
+  for version in /etc/postgresql/*; do
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main restart 2>/dev/null || true
+  done
+  wait_port 5432 PostgreSQL 60
+fi
 for db in bus bus_test; do
   if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" 2>/dev/null | grep -q 1; then
     PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $db" >/dev/null 2>&1 ||
