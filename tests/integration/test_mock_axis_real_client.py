@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from adapters.national_axis.client import NationalAxisClient
 from adapters.national_axis.protocol import CONTENT_TYPE_FILE, hash_file, java_timestamp
+from bus.errors import AxisRejectedError
 from mock_axis import MockAxisConfig, load_mock_config
 from tests.factory import make_document
 from tests.integration.mock_axis_sdk import (
@@ -248,3 +250,54 @@ async def test_old_timestamps_pass_unless_a_freshness_window_or_nonce_memory_is_
     assert (reset["freshness_window_s"], reset["nonce_memory"]) == (0, False)
     response = await axis.call(G12, "getAgenciesList", body=b"{}", timestamp=old)
     assert response.status_code == 200  # lenient again
+
+
+# -- the bus's own client against the same shapes -------------------------------------------------------
+
+
+async def test_the_bus_client_receives_every_to_shape_and_is_refused_downloads(axis: Axis) -> None:
+    """The bus's client (``adapters/national_axis/client.py``) on the receiving end of what real
+    callers send, and refused downloads as it sees them: a refusal (4xx, no body), never a document."""
+
+    def client(system: str, secret: str | None = None) -> NationalAxisClient:
+        key = secret if secret is not None else axis.config.secret_of(system)
+        assert key is not None
+        return NationalAxisClient(axis.url, system, key, timeout=10)
+
+    province, ministry, other = client(H99), client(G12), client(H98)
+    stranger = client(G12, "a-wrong-secret-0123456789")
+    try:
+        documents = [make_document("000.00.01.H99", ["000.00.00.G12"], n) for n in range(4)]
+        shapes = ['"000.00.00.G12"', '["000.00.00.G12"]', '[{"code":"000.00.00.G12"}]']
+        sent = [doc_id(await axis.send(H99, d, to=to)) for d, to in zip(documents[:3], shapes, strict=True)]
+        sent.append(await province.send_edoc(documents[3], sender="000.00.01.H99", to=["000.00.00.G12"]))
+
+        items = await ministry.received()
+        assert [i.doc_id for i in items] == sent
+        assert {(i.sender, i.recipient, i.status) for i in items} == {("000.00.01.H99", G12, "pending")}
+        for item, document in zip(items, documents, strict=True):
+            assert await ministry.get_edoc(item.doc_id) == document
+            assert await ministry.download_edoc(item.doc_id) == document
+
+        for who, doc, code in [
+            (stranger, sent[0], "401"),
+            (other, sent[0], "404"),
+            (ministry, "nope", "404"),
+        ]:
+            with pytest.raises(AxisRejectedError) as refused:
+                await who.download_edoc(doc)
+            assert refused.value.code == code
+            assert doc in refused.value.description
+
+        # A stricter axis does not trouble it: it stamps every request afresh.
+        await axis.switch(freshness_window_s=5, nonce_memory=True)
+        last = await province.send_edoc(documents[0], sender="000.00.01.H99", to=["000.00.00.G12"])
+        assert await ministry.count_received() == len(sent) + 1
+        for item in await ministry.received():
+            assert await ministry.get_edoc(item.doc_id)
+            await ministry.update_status(item.doc_id, "done")
+        assert await ministry.received() == []
+        assert [s["receiveStatus"] for s in await province.sent(last)] == ["done"]
+    finally:
+        for each in (province, ministry, other, stranger):
+            await each.close()
