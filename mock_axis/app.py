@@ -130,10 +130,10 @@ class MockAxis:
             try:
                 headers = _raw_headers(request.scope)
                 signed = verify_request(headers, self.config.secret_of)
+                system = signed.system_id  # authenticated: a stale or replayed request names it in the log
                 self.guard.check(signed, headers[(HEADER_PREFIX + "hash-header").lower()], self.faults)
             except AuthFailure as exc:
                 raise Refusal("401", f"authentication failed: {exc}", 401) from exc
-            system = signed.system_id
             result = await handler(signed, body)
         except Refusal as refusal:
             log.info("mock_axis.refused", operation=operation, system=system, code=refusal.code)
