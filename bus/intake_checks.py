@@ -2,7 +2,7 @@
 
 From an agency (:meth:`IntakeChecks.checked`): the envelope's ``From`` is the authenticated sender, and
 every signature is verified whenever there is one (required where the agency's policy says so), the
-first being provably the sender's; from then on only *what was signed* is read. From the national axis
+first being provably the sender's, and what is read is what was signed. From the national axis
 (:meth:`IntakeChecks.checked_from_axis`): the sender is outside the province, and its signature checks
 against the CAs of other provinces and ministries. Then the fan-out bounds and the codes of this
 province that no agency has. :class:`IntakePolicy` says what is required; :mod:`bus.intake` runs them.
@@ -30,6 +30,22 @@ from bus.topology import Topology
 from bus.xmlparse import DEFAULT_LIMITS, XmlLimits, parse_untrusted
 
 __all__ = ["IntakeChecks", "IntakePolicy"]
+
+# Parsed and checked once (issue 12, item 3). The model is read from the received tree, before the
+# signatures are verified, and never again from "what was signed": with the profile's rules enforced,
+# the two are the same content. What a verified signature leaves out of its digest is exactly
+#   * the ds:Signature elements of edXMLHeader (only there: find_signatures refuses one elsewhere),
+#     and inside them nothing but the profile's own elements (verify._only_profile_elements refuses a
+#     ds:Object holding edXML, a second SignedInfo, anything foreign);
+#   * with the bus profile, the TraceHeader elements of TraceHeaderList: the filter is compared with
+#     the profile's own expression, never evaluated as sent (verify._transforms), so no signer can
+#     subtract anything else; the reader takes the hops from there as information, never a decision;
+#   * comments and processing instructions, which exclusive c14n drops: refused anywhere in the
+#     envelope, around its root too (checks.unsigned_markup, in check_tree and again in verify_tree).
+# No DTD reaches the parser (xmlparse), so no default attribute or entity adds content either. Every
+# element, attribute and text node the reader can see is therefore inside the digest, and reading the
+# canonical bytes again (as this module did until issue 12) parsed and checked each envelope twice to
+# learn nothing new. The digest itself is computed by streaming c14n into the hash (dsig/transform.py).
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +111,7 @@ class IntakeChecks:
             )
         verified = verify_tree(tree, self._policy.trust, self._policy.signatures)
         self._check_signer(verified[0].signer, sender, required=required)
-        # From here on, read only what the sender signed (trace headers are not part of it).
-        parsed = check_tree(
-            parse_untrusted(verified[0].signed_xml, self._policy.limits),
-            today=self._clock().astimezone(VN_TZ).date(),
-        )
-        if parsed.message.sender.organ_id != sender:
-            raise ForgedSenderError("the signed envelope names another sender")
+        # The model read above is what the sender signed: see "Parsed and checked once" above.
         return tree, parsed
 
     def _check_signer(self, signer: x509.Certificate, sender: OrganId, *, required: bool) -> None:
@@ -149,18 +159,13 @@ class IntakeChecks:
                 "and ministries is trusted to check it (national_axis.trust)"
             )
         verified = verify_tree(tree, self._policy.axis_trust, self._policy.signatures)
-        if not required:
-            return tree, check_tree(parse_untrusted(verified[0].signed_xml, self._policy.limits), today=today)
-        vouching = next((v for v in verified if self._vouches_for(v.signer, sender)), None)
-        if vouching is None:
+        if required and not any(self._vouches_for(v.signer, sender) for v in verified):
             signers = ", ".join(_uid(v.signer) or "(no UID)" for v in verified)
             raise ForgedSenderError(
                 f"the envelope from {sender} is signed by {signers}: neither the sender itself nor a "
                 "trusted axis of the sender's own body (national_axis.trusted_axes)"
             )
-        parsed = check_tree(parse_untrusted(vouching.signed_xml, self._policy.limits), today=today)
-        if parsed.message.sender.organ_id != sender:
-            raise ForgedSenderError("the signed envelope names another sender")
+        # The model read above is what was signed: see "Parsed and checked once" above.
         return tree, parsed
 
     def _vouches_for(self, signer: x509.Certificate, sender: OrganId) -> bool:

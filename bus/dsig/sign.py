@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -13,7 +12,7 @@ from lxml import etree
 from bus.checks import NS
 from bus.dsig.keys import SigningKey, raw_sign, signature_method_for
 from bus.dsig.profile import DSIG_NS, ENVELOPED, EXC_C14N, FILTER2, FILTER2_NS, SUBTRACT_EXPRESSION
-from bus.dsig.transform import signed_bytes
+from bus.dsig.transform import signed_digest
 from bus.errors import EnvelopeInvalidError, Problem
 
 __all__ = ["ensure_trace_list", "sign_tree", "signature_template"]
@@ -110,7 +109,7 @@ def sign_tree(
         _ds(x509_data, "X509Certificate").text = base64.b64encode(der).decode("ascii")
     # No tail: the text between header children must stay exactly as signed by earlier signers.
     header.append(signature)
-    digest = hashlib.sha256(signed_bytes(root, signature, subtract=True, exclusive=True)).digest()
+    digest = signed_digest(root, signature, subtract=True, exclusive=True, hash_name="sha256")
     signed_info = _part(signature, "SignedInfo")
     _part(signed_info, "Reference/DigestValue").text = base64.b64encode(digest).decode("ascii")
     canonical = etree.tostring(signed_info, method="c14n", exclusive=True, with_comments=False)
