@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.store.dead_letters import dead_letter_from_row
 from adapters.store.tables import INBOX_PENDING, dead_letters, deliveries, documents, inbox, metadata
 from bus.delivery import DeadLetter, DeliveryRow, DeliveryState
 
@@ -342,24 +343,7 @@ async def dead_letters_by_id(engine: AsyncEngine, ids: Sequence[int]) -> dict[in
     columns = [c for c in dead_letters.c if c.name != "body"]
     async with engine.connect() as conn:
         rows = await conn.execute(select(*columns).where(dead_letters.c.id.in_(list(ids))))
-        return {
-            r.id: DeadLetter(
-                id=r.id,
-                dead_key=r.dead_key,
-                message_id=r.message_id,
-                source_queue=r.source_queue,
-                reason=r.reason,
-                dead_at=_utc(r.dead_at),
-                bus_id=r.bus_id,
-                recipient=r.recipient,
-                sender=r.sender,
-                document_id=r.document_id,
-                kind=r.kind,
-                replayed_at=_utc(r.replayed_at) if r.replayed_at else None,
-                replay_count=r.replay_count,
-            )
-            for r in rows
-        }
+        return {r.id: dead_letter_from_row(r) for r in rows}
 
 
 async def create_dashboard_indexes(engine: AsyncEngine) -> None:

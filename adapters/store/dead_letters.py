@@ -18,7 +18,7 @@ from bus.delivery import DeadLetter, DeliveryState, TimelineEvent
 __all__ = ["DeadLetters"]
 
 
-def _dead_letter(row: Any, *, body: bool = False) -> DeadLetter:
+def dead_letter_from_row(row: Any, *, body: bool = False) -> DeadLetter:
     return DeadLetter(
         id=row.id,
         dead_key=row.dead_key,
@@ -101,7 +101,7 @@ class DeadLetters(TimelineWriter):
             query = query.where(dead_letters.c.id < before_id)
         async with self._connect() as conn:
             rows = await conn.execute(query.order_by(dead_letters.c.id.desc()).limit(limit))
-            return [_dead_letter(r) for r in rows]
+            return [dead_letter_from_row(r) for r in rows]
 
     async def has_dead_letter(self, message_id: str) -> bool:
         """Whether a message with this id was ever dead-lettered (the relay-in asks before taking an
@@ -115,7 +115,7 @@ class DeadLetters(TimelineWriter):
         async with self._connect() as conn:
             query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)
             row = (await conn.execute(query)).first()
-        return None if row is None else _dead_letter(row, body=True)
+        return None if row is None else dead_letter_from_row(row, body=True)
 
     async def mark_replayed(self, dead_letter_id: int, at: dt.datetime) -> DeadLetter | None:
         """Record that the dead letter went back to its queue (after the broker confirmed it): its
@@ -132,7 +132,7 @@ class DeadLetters(TimelineWriter):
             ).first()
             if row is None:
                 return None
-            item = _dead_letter(row)
+            item = dead_letter_from_row(row)
             bus_id, recipient = item.bus_id, item.recipient
             if bus_id and recipient and await self._has_delivery(conn, bus_id, recipient):
                 detail = f"dead letter {item.id} replayed to {item.source_queue}"
