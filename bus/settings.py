@@ -54,6 +54,15 @@ class AmqpSettings(_Section):
     prefix: str = "bus"  # every exchange and queue of this axis is named under it
     publish_timeout_s: float = 30.0
     prefetch: int = 64  # unacknowledged inbox messages one worker holds at a time
+    # Envelopes one process takes from the agency intake queue at a time (AMQP agencies,
+    # docs/amqp-agencies.md): each is an intake in flight, as a concurrent HTTP send is.
+    intake_prefetch: int = Field(default=16, ge=1, le=1000)
+    # RabbitMQ's management HTTP API, which `bus amqp-users` uses to create the agencies' broker users.
+    # Its user must be an administrator; without management_user it is the user of `url`, and without
+    # management_password that user's password (BUS_AMQP__MANAGEMENT_PASSWORD keeps it out of the file).
+    management_url: str = "http://127.0.0.1:15672"
+    management_user: str | None = None
+    management_password: SecretStr | None = None
 
 
 class DatabaseSettings(_Section):
@@ -236,6 +245,9 @@ class Settings(BaseSettings):
     # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
     # A value here wins over an agency's ``secret`` in the file.
     agency_secrets: dict[str, SecretStr] = {}
+    # RabbitMQ passwords of the AMQP agencies' broker users (`bus amqp-users`), kept out of the file:
+    # BUS_AMQP_PASSWORDS='{"000.00.01.H99": "..."}'. Without one, an agency's API secret is its password.
+    amqp_passwords: dict[str, SecretStr] = {}
     # Directory that relative paths in the file are read from (set by :func:`load_settings`).
     base_dir: Path = Path()
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from bus.organ_id import OrganId
 
-__all__ = ["Agency", "AgencyLevel", "BusNode", "Topology"]
+__all__ = ["Agency", "AgencyLevel", "AgencyTransport", "BusNode", "Topology"]
 
 
 class AgencyLevel(enum.StrEnum):
@@ -21,6 +21,15 @@ class AgencyLevel(enum.StrEnum):
     DEPARTMENT = "department"  # Sở, ban, ngành
     DISTRICT = "district"  # UBND huyện (abolished in many provinces by the 2025 reform)
     COMMUNE = "commune"  # UBND xã, phường, thị trấn
+
+
+class AgencyTransport(enum.StrEnum):
+    """How an agency's document system exchanges envelopes with the axis (docs/amqp-agencies.md)."""
+
+    HTTP = "http"  # the signed HTTP API: it pulls its inbox (docs/http-api.md)
+    # RabbitMQ, as its own broker user: it publishes to the agency intake and consumes its own delivery
+    # queue, and its deliveries go there instead of the HTTP inbox (`bus amqp-users` makes the user).
+    AMQP = "amqp"
 
 
 class _Strict(BaseModel):
@@ -54,6 +63,9 @@ class Agency(_Strict):
     # signer's (pinned), otherwise any certificate from a trusted CA whose UID names the agency.
     require_signature: bool = False
     certificate: Path | None = None
+    # How its document system takes its deliveries: the HTTP inbox (the default) or its own RabbitMQ
+    # queue; over AMQP it also sends and acknowledges through the broker (docs/amqp-agencies.md).
+    transport: AgencyTransport = AgencyTransport.HTTP
 
 
 class Topology(_Strict):

@@ -7,6 +7,10 @@
   rejection) still lands in ``<prefix>.deadletter``.
 * Retry queues, one per work queue and delay: messages wait out their TTL there and are
   dead-lettered back to the work queue. Back-off lives in the broker, not in a sleeping task.
+* With AMQP agencies in the topology (:func:`declare_agency_topology`): the agency intake and the
+  agency acknowledgements, each a fanout exchange with a quorum queue of the same name, and one
+  quorum delivery queue per AMQP agency (docs/amqp-agencies.md). Their inbox queues stay as they are:
+  the bus moves what arrives there to the delivery queue.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from aio_pika.abc import AbstractChannel
 
 from adapters.rabbitmq.names import RETRY_DELAYS_MS, BrokerNames
 from bus.routing import binding_keys
-from bus.topology import Topology
+from bus.topology import AgencyTransport, Topology
 
-__all__ = ["declare_topology"]
+__all__ = ["declare_agency_topology", "declare_topology"]
 
 
 def _quorum(names: BrokerNames) -> dict[str, Any]:
@@ -79,3 +83,20 @@ async def declare_topology(
         )
         for key in binding_keys(agency):
             await inbox.bind(deliver, routing_key=key)
+    await declare_agency_topology(channel, topology, names)
+
+
+async def declare_agency_topology(channel: AbstractChannel, topology: Topology, names: BrokerNames) -> None:
+    """The AMQP agencies' exchanges and queues; nothing when no agency uses AMQP (so a province
+    without them has no object its users could be given rights on)."""
+    agencies = [a for a in topology.agencies if a.transport is AgencyTransport.AMQP]
+    if not agencies:
+        return
+    for name in (names.agency_intake, names.agency_acks):
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue(name, durable=True, arguments=_quorum(names))
+        await queue.bind(exchange)
+    for agency in agencies:
+        await channel.declare_queue(
+            names.agency_queue(agency.organ_id), durable=True, arguments=_quorum(names)
+        )

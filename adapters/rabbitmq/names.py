@@ -43,6 +43,28 @@ class BrokerNames:
     def inbox(self, organ: OrganId) -> str:
         return f"{self.prefix}.inbox.{organ}"
 
+    # -- AMQP agencies (docs/amqp-agencies.md) ------------------------------------------------------
+
+    @property
+    def agency_intake(self) -> str:
+        """Fanout exchange the AMQP agencies publish envelopes to, and the quorum queue behind it that
+        the bus's agency intake consumes (one name for both)."""
+        return f"{self.prefix}.agency-intake"
+
+    @property
+    def agency_acks(self) -> str:
+        """Fanout exchange the AMQP agencies publish acknowledgements to, and its queue (one name)."""
+        return f"{self.prefix}.agency-acks"
+
+    def agency_queue(self, organ: OrganId) -> str:
+        """An AMQP agency's delivery queue: the only queue its broker user may read."""
+        return f"{self.prefix}.agency.{organ}"
+
+    def agency_user(self, organ: OrganId) -> str:
+        """An AMQP agency's RabbitMQ user name (users are the broker's, not a vhost's: the prefix keeps
+        two axes on one broker apart); the ``user_id`` of what it publishes."""
+        return f"{self.prefix}.{organ}"
+
     def retry_queue(self, target: str, delay_ms: int) -> str:
         """Holds a message *delay_ms*, then dead-letters it back to *target* (back-off without a timer)."""
         return f"{target}.retry.{delay_ms}ms"
