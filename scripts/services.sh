@@ -29,6 +29,14 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
   for _ in $(seq 1 60); do $sudo rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 1; done
 fi
 
+# The management API (port 15672): `bus amqp-users` makes the AMQP agencies' broker users through it
+# (docs/amqp-agencies.md). Enabling an enabled plugin changes nothing.
+if ! port_open 15672; then
+  say "enabling rabbitmq_management"
+  $sudo rabbitmq-plugins enable rabbitmq_management >/dev/null
+  wait_port 15672 "RabbitMQ management" 60
+fi
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 if ! port_open 5432; then
   if ! command -v pg_ctlcluster >/dev/null 2>&1; then

@@ -1,8 +1,16 @@
 """RabbitMQ: the queues and exchanges of a province's axis, a publisher that only says "done" once the
 broker has confirmed the message, and what every consumer of the bus's queues shares (the parser of an
-incoming message, the consumer base and its ack/retry/dead-letter decision). aio-pika stays inside this
-package; other adapters use the names exported here."""
+incoming message, the consumer base and its ack/retry/dead-letter decision), and the AMQP agencies'
+broker users (docs/amqp-agencies.md). aio-pika stays inside this package; other adapters use the names
+exported here."""
 
+from adapters.rabbitmq.agency_users import (
+    AgencyUser,
+    ManagementApi,
+    Permissions,
+    agency_permissions,
+    sync_agency_user,
+)
 from adapters.rabbitmq.consumer import (
     ACK,
     REQUEUE,
@@ -30,6 +38,7 @@ __all__ = [
     "RESEND_HEADER",
     "RETRY_DELAYS_MS",
     "Action",
+    "AgencyUser",
     "BrokerNames",
     "BusMessage",
     "CopyPublisherPort",
@@ -37,13 +46,17 @@ __all__ = [
     "Decision",
     "HeaderValue",
     "InboxWorker",
+    "ManagementApi",
+    "Permissions",
     "Publisher",
     "QueueConsumer",
+    "agency_permissions",
     "cancel_task",
     "decide",
     "declare_topology",
     "known_fields",
     "open_channel",
+    "sync_agency_user",
     "text_header",
     "until_written",
 ]
