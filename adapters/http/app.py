@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from adapters.http.acks import Acknowledgements
 from adapters.http.agencies import Agencies
 from adapters.http.context import ApiContext
 from adapters.http.documents import Documents
@@ -34,12 +35,13 @@ __all__ = ["ApiContext", "create_app"]
 
 def create_app(ctx: ApiContext) -> Starlette:
     envelopes, inbox, documents = Envelopes(ctx), Inbox(ctx), Documents(ctx)
-    agencies, meta = Agencies(ctx), Meta(ctx)
+    agencies, meta, acks = Agencies(ctx), Meta(ctx), Acknowledgements(ctx)
     routes = [
         Route("/v1/envelopes", guarded(envelopes.send), methods=["POST"]),
         Route("/v1/inbox", guarded(inbox.inbox), methods=["GET"]),
         Route("/v1/inbox/{item_id}", guarded(inbox.fetch), methods=["GET"]),
         Route("/v1/inbox/{item_id}/ack", guarded(inbox.acknowledge), methods=["POST"]),
+        Route("/v1/acks", guarded(acks.acknowledge_many), methods=["POST"]),
         Route("/v1/sent", guarded(documents.sent), methods=["GET"]),
         Route("/v1/documents/{bus_id}", guarded(documents.document), methods=["GET"]),
         Route("/v1/agencies", guarded(agencies.agencies), methods=["GET"]),

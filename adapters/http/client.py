@@ -108,6 +108,14 @@ class AgencyClient:
         )
         return dict(response.json())
 
+    async def acknowledge_many(self, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
+        """Acknowledge several envelopes with one request (``POST /v1/acks``): one result per
+        (item id, state, reason), in order, each with its own ``status`` (200, 404 or 409)."""
+        payload = {"acks": [{"id": i, "state": state, "reason": reason} for i, state, reason in acks]}
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        response = await self.request("POST", "/v1/acks", body=body, content_type="application/json")
+        return list(response.json()["results"])
+
     async def sent(self, *, limit: int = 50) -> list[dict[str, Any]]:
         return list((await self.request("GET", "/v1/sent", params={"limit": str(limit)})).json()["documents"])
 

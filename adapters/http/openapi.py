@@ -13,6 +13,7 @@ from typing import Any
 from adapters.http.limits import (
     INBOX_PAGE_DEFAULT,
     INBOX_PAGE_MAX,
+    MAX_ACKS_BODY_BYTES,
     MAX_ID,
     MAX_SMALL_BODY_BYTES,
     SENT_PAGE_DEFAULT,
@@ -194,6 +195,29 @@ def _paths() -> dict[str, Any]:
                     ),
                     "404": _error("not in your inbox (another agency's item looks the same)"),
                     "409": _error("already-final: acknowledged done or fail before; it cannot reopen"),
+                },
+            }
+        },
+        "/v1/acks": {
+            "post": {
+                "operationId": "acknowledgeMany",
+                "summary": "Acknowledge several envelopes of your inbox at once (one request, one commit)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Acknowledgements")}},
+                },
+                "responses": {
+                    "200": _json(
+                        "each acknowledgement's own answer (200, 404 or 409), in order",
+                        _ref("AcknowledgementResults"),
+                    ),
+                    **_SIGNED_ERRORS,
+                    "400": _error(
+                        "bad-acknowledgement (not the documented object, a 'fail' without a reason, a "
+                        "reason too long): nothing is acknowledged; or a bad Content-Length/Content-Type "
+                        "header"
+                    ),
+                    "413": _error(f"body too large: over {MAX_ACKS_BODY_BYTES} bytes"),
                 },
             }
         },

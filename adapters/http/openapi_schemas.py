@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.http.limits import MAX_REASON_CHARS
+from adapters.http.limits import MAX_ACKS, MAX_ID, MAX_REASON_CHARS
 from bus.delivery import DeliveryState
 from bus.topology import AgencyLevel
 
@@ -175,11 +175,58 @@ _ACKNOWLEDGEMENT = {
     "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1}}},
 }
 
+_ACK_ENTRY = {
+    **_object(
+        ["id", "state"],
+        {
+            "id": {"type": "integer", "minimum": 0, "maximum": MAX_ID, "description": "the inbox item"},
+            "state": {"enum": ["processing", "done", "fail"]},
+            "reason": {"type": ["string", "null"], "maxLength": MAX_REASON_CHARS},
+        },
+        additionalProperties=False,
+    ),
+    "if": {"properties": {"state": {"const": "fail"}}},
+    "then": {"required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1}}},
+}
+_ACKNOWLEDGEMENTS = _object(
+    ["acks"],
+    {
+        "acks": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_ACKS,
+            "description": "applied in order: an envelope named twice gets the answer of each in turn",
+            "items": _ACK_ENTRY,
+        }
+    },
+    additionalProperties=False,
+)
+_ACK_RESULTS = _object(
+    ["results"],
+    {
+        "results": {
+            "type": "array",
+            "description": "one per acknowledgement, in the order sent",
+            "items": _object(
+                ["id", "status"],
+                {
+                    "id": {"type": "integer"},
+                    "status": {"enum": [200, 404, 409], "description": "what POST .../ack would answer"},
+                    "item": {"$ref": "#/components/schemas/InboxItem"},
+                    "error": _ERROR["properties"]["error"],
+                },
+            ),
+        }
+    },
+)
+
 SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
     "Accepted": _ACCEPTED,
     "InboxItem": _INBOX_ITEM,
     "Acknowledgement": _ACKNOWLEDGEMENT,
+    "Acknowledgements": _ACKNOWLEDGEMENTS,
+    "AcknowledgementResults": _ACK_RESULTS,
     "Sent": _SENT,
     "Document": _DOCUMENT,
     "Agencies": _AGENCIES,

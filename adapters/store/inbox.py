@@ -171,6 +171,37 @@ class Inboxes(TimelineWriter):
             await self._events(conn, [(event, f"{row.message_id}|ack|{state.value}")])
             return _inbox_item(row)
 
+    async def acknowledge_many(
+        self, agency: str, acks: Sequence[tuple[int, DeliveryState, str | None]], at: dt.datetime
+    ) -> list[InboxItem | None]:
+        """Several acknowledgements of *agency* in one transaction (issue 12: an agency that pulled a
+        batch acknowledges it with one request and one commit). One result per ack, in order, as
+        :meth:`acknowledge` gives it: the item, or None when it is not this agency's."""
+        for _, state, _ in acks:
+            if state not in (DeliveryState.PROCESSING, DeliveryState.DONE, DeliveryState.FAIL):
+                raise ValueError(f"not an acknowledgement: {state}")
+        results: list[InboxItem | None] = []
+        events: list[tuple[TimelineEvent, str]] = []
+        async with self._begin() as conn:
+            for item_id, state, reason in acks:
+                params = {"p_agency": agency, "p_id": item_id, "p_state": state.value, "p_at": at}
+                row = (await conn.execute(self._q_ack, params)).first()
+                if row is None:
+                    current = (
+                        await conn.execute(self._q_item, {"p_agency": agency, "p_id": item_id})
+                    ).first()
+                    results.append(None if current is None else _inbox_item(current))
+                    continue
+                events.append(
+                    (
+                        TimelineEvent(row.bus_id, row.addressed_to, state, at, reason),
+                        f"{row.message_id}|ack|{state.value}",
+                    )
+                )
+                results.append(_inbox_item(row))
+            await self._events(conn, events)
+        return results
+
     async def inbox_counts(self) -> dict[str, int]:
         """Envelopes per agency not yet acknowledged done or fail (operators' inbox depth)."""
         async with self._connect() as conn:
