@@ -34,6 +34,7 @@ from bus.errors import BrokerError, ConfigError
 from bus.intake import Intake
 from bus.replay import ReplayResult, replay
 from bus.settings import Settings
+from entrypoints.amqp_agencies import AgencyLink, http_inboxes, start_agency_link
 from entrypoints.bootstrap import (
     _cas_without_crl,
     broker_names,
@@ -63,6 +64,7 @@ class Node:
     dead_letters: DeadLetterWorker | None = None
     dashboard: Starlette | None = None
     crl_refresher: CrlRefresher | None = None
+    agencies: AgencyLink | None = None  # the AMQP agencies' consumers (docs/amqp-agencies.md)
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
@@ -133,7 +135,10 @@ class Node:
             consume = await connection.channel()
             await consume.set_qos(prefetch_count=settings.amqp.prefetch)
             # Dead letters of poison messages go through a confirming channel of their own.
-            worker = InboxWorker(consume, topology, names, store, await new_publisher(connection, settings))
+            # AMQP agencies' inbox queues are the agency deliveries' (entrypoints/amqp_agencies.py).
+            worker = InboxWorker(
+                consume, http_inboxes(topology), names, store, await new_publisher(connection, settings)
+            )
             await worker.start()
         dead_letters = None
         if workers:
@@ -142,6 +147,7 @@ class Node:
             await dead_channel.set_qos(prefetch_count=16)
             dead_letters = DeadLetterWorker(dead_channel, names, store)
             await dead_letters.start()
+        agencies = await start_agency_link(settings, connection, names, intake, store) if workers else None
         axis = None
         if workers and settings.national_axis.endpoint is not None:
             axis = await _axis_link(settings, connection, names, store, intake)
@@ -158,14 +164,18 @@ class Node:
             workers=workers,
             national_axis=settings.national_axis.endpoint,
         )
-        return cls(
+        node = cls(
             settings, store, connection, intake, api, worker, axis, dead_letters, dashboard, crl_refresher
         )
+        node.agencies = agencies
+        return node
 
     async def stop(self) -> None:
         if self.axis is not None:
             with contextlib.suppress(Exception):
                 await self.axis.stop()
+        if self.agencies is not None:
+            await self.agencies.stop()
         if self.worker is not None:
             with contextlib.suppress(Exception):
                 await self.worker.stop()
@@ -218,6 +228,9 @@ class Node:
         if self.axis is not None:
             await self.axis.stop()
             self.axis = None
+        if self.agencies is not None:
+            await self.agencies.stop()  # no new envelopes or acknowledgements; those in hand finish
+            self.agencies = None
         if self.worker is not None:
             await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
         if self.dead_letters is not None:
