@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.store.base import utc
+from adapters.store.group_commit import GroupCommit
 from adapters.store.tables import deliveries, documents, events
 from adapters.store.timelines import TimelineWriter
 from bus.delivery import AcceptedDocument, DeliveryRow, DeliveryState, TimelineEvent
@@ -43,6 +44,8 @@ class Documents(TimelineWriter):
         self._q_confirm = (
             update(documents).where(documents.c.bus_id == bindparam("p_bus")).values(confirmed=True)
         )
+        # Concurrent intakes share transactions (adapters/store/group_commit.py).
+        self._intakes = GroupCommit(self._begin)
 
     async def begin_accept(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None
@@ -55,46 +58,58 @@ class Documents(TimelineWriter):
         earlier document with the same (sender, DocumentId, business type) when it is confirmed or had
         other bytes: the caller refuses the envelope (duplicate or conflicting retry).
         """
-        async with self._begin() as conn:
-            inserted = await conn.execute(
-                self._ins_documents,
-                {
-                    "bus_id": document.bus_id,
-                    "kind": document.kind,
-                    "sender": document.sender,
-                    "document_id": document.document_id,
-                    "business_type": document.business_type,
-                    "code": document.code,
-                    "subject": document.subject,
-                    "accepted_at": document.accepted_at,
-                    "envelope_sha256": document.envelope_sha256,
-                    "dedupe_key": document.dedupe_key,
-                    "confirmed": False,
-                    "related_bus_id": related,
-                },
+
+        async def write(conn: AsyncConnection) -> str | None:
+            return await self._begin_accept(conn, document, recipients, related)
+
+        return await self._intakes.run(write)
+
+    async def _begin_accept(
+        self,
+        conn: AsyncConnection,
+        document: AcceptedDocument,
+        recipients: Sequence[tuple[str, str]],
+        related: str | None,
+    ) -> str | None:
+        inserted = await conn.execute(
+            self._ins_documents,
+            {
+                "bus_id": document.bus_id,
+                "kind": document.kind,
+                "sender": document.sender,
+                "document_id": document.document_id,
+                "business_type": document.business_type,
+                "code": document.code,
+                "subject": document.subject,
+                "accepted_at": document.accepted_at,
+                "envelope_sha256": document.envelope_sha256,
+                "dedupe_key": document.dedupe_key,
+                "confirmed": False,
+                "related_bus_id": related,
+            },
+        )
+        bus_id = document.bus_id
+        if not inserted.rowcount:  # an earlier attempt or an earlier document: which one?
+            row = (await conn.execute(self._q_dedupe, {"p_key": document.dedupe_key})).one()
+            if row.confirmed or row.envelope_sha256 != document.envelope_sha256:
+                # Confirmed: a duplicate. Unconfirmed but other bytes: an attempt that may have
+                # reached some recipients with different content; retrying must resend the same.
+                return str(row.bus_id)
+            bus_id = row.bus_id
+        if recipients:
+            await conn.execute(
+                self._ins_deliveries,
+                [
+                    {
+                        "bus_id": bus_id,
+                        "recipient": recipient,
+                        "route": route,
+                        "state": DeliveryState.ACCEPTED.value,
+                        "updated_at": document.accepted_at,
+                    }
+                    for recipient, route in recipients
+                ],
             )
-            bus_id = document.bus_id
-            if not inserted.rowcount:  # an earlier attempt or an earlier document: which one?
-                row = (await conn.execute(self._q_dedupe, {"p_key": document.dedupe_key})).one()
-                if row.confirmed or row.envelope_sha256 != document.envelope_sha256:
-                    # Confirmed: a duplicate. Unconfirmed but other bytes: an attempt that may have
-                    # reached some recipients with different content; retrying must resend the same.
-                    return str(row.bus_id)
-                bus_id = row.bus_id
-            if recipients:
-                await conn.execute(
-                    self._ins_deliveries,
-                    [
-                        {
-                            "bus_id": bus_id,
-                            "recipient": recipient,
-                            "route": route,
-                            "state": DeliveryState.ACCEPTED.value,
-                            "updated_at": document.accepted_at,
-                        }
-                        for recipient, route in recipients
-                    ],
-                )
         return None
 
     async def confirm_accept(
@@ -111,23 +126,36 @@ class Documents(TimelineWriter):
         that came back, a revocation); *business_status* is ``(related bus id, recipient codes,
         code)``: the recipient's delivery of the related document shows the code.
         """
-        async with self._begin() as conn:
-            await conn.execute(self._q_confirm, {"p_bus": document.bus_id})
-            accepted = [
-                (
-                    TimelineEvent(document.bus_id, recipient, DeliveryState.ACCEPTED, document.accepted_at),
-                    f"{document.bus_id}|{recipient}|accepted",
-                )
-                for recipient in recipients
-            ]
-            await self._events(conn, [*accepted, *links])
-            if business_status is not None:
-                related, codes, code = business_status
-                await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.bus_id == related, deliveries.c.recipient.in_(list(codes)))
-                    .values(business_status=code, updated_at=document.accepted_at)
-                )
+
+        async def write(conn: AsyncConnection) -> None:
+            await self._confirm_accept(conn, document, recipients, links, business_status)
+
+        await self._intakes.run(write)
+
+    async def _confirm_accept(
+        self,
+        conn: AsyncConnection,
+        document: AcceptedDocument,
+        recipients: Sequence[str],
+        links: Sequence[tuple[TimelineEvent, str]],
+        business_status: tuple[str, Sequence[str], str] | None,
+    ) -> None:
+        await conn.execute(self._q_confirm, {"p_bus": document.bus_id})
+        accepted = [
+            (
+                TimelineEvent(document.bus_id, recipient, DeliveryState.ACCEPTED, document.accepted_at),
+                f"{document.bus_id}|{recipient}|accepted",
+            )
+            for recipient in recipients
+        ]
+        await self._events(conn, [*accepted, *links])
+        if business_status is not None:
+            related, codes, code = business_status
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.bus_id == related, deliveries.c.recipient.in_(list(codes)))
+                .values(business_status=code, updated_at=document.accepted_at)
+            )
 
     async def record_accepted(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]]
