@@ -147,7 +147,9 @@ class DeliveryRow:
 
 @dataclass(frozen=True, slots=True)
 class InboxItem:
-    """One envelope in an agency's inbox; ``body`` only when fetched."""
+    """One envelope in an agency's inbox. ``body_sha256`` names its envelope in the body store;
+    ``body`` carries it in memory instead: a small one on its way in (the inbox worker keeps it in the
+    body store), or one kept in the inbox row itself (written before the body store, issue 12)."""
 
     id: int
     message_id: str
@@ -162,6 +164,7 @@ class InboxItem:
     ack_state: str | None = None
     acked_at: dt.datetime | None = None
     body: bytes | None = None
+    body_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,14 @@ cover them) → sender authenticated and equal to ``From`` → every signature v
 one, and required where the agency's policy says so, the first being provably the sender's (and from
 then on only *what was signed* is read) → at most ``max_recipients``, none an unknown code of this
 province → duplicate check on (sender, DocumentId, business type) → this node's ``TraceHeader`` and
-signature → one confirmed publish per recipient → the store records the acceptance.
+signature → the sealed envelope stored once in the body store when it is large or goes to many
+recipients → one confirmed publish per recipient (carrying the envelope, or a reference to it) → the
+store records the acceptance.
+
+Any size passes in bounded memory (issue 12): the envelope arrives in a file (:class:`Received`), is
+parsed from there with its long attachment texts left on disk (:mod:`bus.spooled`), and the sealed
+envelope is written to a spool file while hashed, from which the body store reads it in chunks. The
+CPU-heavy steps of a large envelope run in a worker thread, so the event loop goes on serving others.
 
 The bus id is derived from the duplicate key, so a client that retries after a crash between the
 publishes and the store write gets the same bus id, and its recipients' copies carry the same message
@@ -20,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import hashlib
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, ParamSpec, Protocol, TypeVar
 
 from cryptography import x509
 from lxml import etree
@@ -33,19 +40,36 @@ from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import SigningKey, sign_tree
 from bus.envelope import ParsedEnvelope
 from bus.errors import DuplicateEnvelopeError, UnknownDocumentError
-from bus.headers import BusHeaders
+from bus.headers import BodyRef, BusHeaders
 from bus.intake_checks import IntakeChecks, IntakePolicy
 from bus.linking import links_of
 from bus.model import DocumentEnvelope, StatusMessage
 from bus.organ_id import OrganId
 from bus.routing import Destination, DestinationKind, route
+from bus.spooled import Received, write_envelope
 from bus.topology import Topology
 from bus.trace import append_trace
+from bus.xmlparse import parse_received
 
-__all__ = ["Accepted", "Intake", "IntakePolicy", "NodeIdentity", "PublisherPort", "StorePort", "bus_id_for"]
+__all__ = [
+    "Accepted",
+    "BodyPolicy",
+    "BodyStorePort",
+    "Intake",
+    "IntakePolicy",
+    "NodeIdentity",
+    "PublisherPort",
+    "Received",
+    "StorePort",
+    "bus_id_for",
+]
 
 _BUS_NAMESPACE = uuid.UUID("6f1d5c2e-3b0a-4a59-9d1e-0c7e2b6a9f10")
 _DEFAULT_POLICY = IntakePolicy()
+# An envelope larger than this is parsed, checked, signed and written out in a worker thread.
+_THREAD_OVER = 1024 * 1024
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PublisherPort(Protocol):
@@ -66,6 +90,22 @@ class StorePort(Protocol):
         business_status: tuple[str, Sequence[str], str] | None = None,
     ) -> None: ...
     async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None: ...
+
+
+class BodyStorePort(Protocol):
+    async def put_body(self, ref: BodyRef, source: IO[bytes], *, bus_id: str) -> None:
+        """Keep the *ref.size* bytes of *source* (read from its start) under *ref.sha256*, for the
+        document *bus_id*, durably, before returning; storing the same bytes again changes nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPolicy:
+    """Which copies carry their envelope (inline) and which a reference to the body store: a copy goes
+    by reference when the envelope is over *inline_max_bytes* or goes to more than
+    *inline_max_recipients* recipients (docs/data-path.md says why small ones stay inline)."""
+
+    inline_max_bytes: int = 64 * 1024
+    inline_max_recipients: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +132,8 @@ def bus_id_for(document: AcceptedDocument) -> str:
 
 
 class Intake:
+    """*bodies*: the body store; without one (tools, tests) every copy carries its envelope."""
+
     def __init__(
         self,
         topology: Topology,
@@ -100,32 +142,45 @@ class Intake:
         store: StorePort,
         policy: IntakePolicy = _DEFAULT_POLICY,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        *,
+        bodies: BodyStorePort | None = None,
+        body_policy: BodyPolicy = BodyPolicy(),
     ) -> None:
         self._topology = topology
         self._node = node
         self._publisher = publisher
         self._store = store
         self._clock = clock
+        self._bodies = bodies
+        self._body_policy = body_policy
+        self._limits = policy.limits
         self._checks = IntakeChecks(topology, node.organ_id, policy, clock)
 
-    async def accept(self, body: bytes, *, sender: OrganId) -> Accepted:
+    async def accept(self, body: bytes | Received, *, sender: OrganId) -> Accepted:
         """Accept *body* from the authenticated *sender*; returns once every delivery is durable."""
-        tree, parsed = self._checks.checked(body, sender)
-        return await self._accept(body, tree, parsed, sender, local_only=False)
+        received = body if isinstance(body, Received) else Received.of_bytes(body)
+        tree, texts = await _cpu(received.size, parse_received, received, self._limits)
+        with texts.active():
+            parsed = await _cpu(received.size, self._checks.checked, tree, sender)
+            return await self._accept(received, tree, parsed, sender, local_only=False)
 
-    async def accept_from_axis(self, body: bytes) -> Accepted:
+    async def accept_from_axis(self, body: bytes | Received) -> Accepted:
         """Accept an envelope the national axis delivered for this province's agencies.
 
         Checked like any intake; its sender is outside the province (an envelope from the axis that
         claims a local agency as sender is forged), its signature must check against the CAs trusted
         for other provinces and ministries (when the policy requires it), and only the local
         recipients get a copy: the axis delivers the others itself."""
-        tree, parsed = self._checks.checked_from_axis(body)
-        return await self._accept(body, tree, parsed, parsed.message.sender.organ_id, local_only=True)
+        received = body if isinstance(body, Received) else Received.of_bytes(body)
+        tree, texts = await _cpu(received.size, parse_received, received, self._limits)
+        with texts.active():
+            parsed = await _cpu(received.size, self._checks.checked_from_axis, tree)
+            sender = parsed.message.sender.organ_id
+            return await self._accept(received, tree, parsed, sender, local_only=True)
 
     async def _accept(
         self,
-        body: bytes,
+        received: Received,
         tree: etree._ElementTree,
         parsed: ParsedEnvelope,
         sender: OrganId,
@@ -150,13 +205,13 @@ class Intake:
             code=code,
             subject=subject,
             accepted_at=now,
-            envelope_sha256=hashlib.sha256(body).hexdigest(),
+            envelope_sha256=received.sha256,
             concerns=concerns,
         )
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)
         if isinstance(message, DocumentEnvelope) and not local_only:
-            self._checks.refuse_fan_out(len(message.recipients), len(body))  # before any look-up
+            self._checks.refuse_fan_out(len(message.recipients), received.size)  # before any look-up
         links = await links_of(message, sender, bus_id, now, store=self._store, codes_of=self._checks.codes)
         routed = [route(self._topology, recipient) for recipient in links.recipients]
         if not local_only:
@@ -171,7 +226,7 @@ class Intake:
                 )
             # From the national axis only this province's copies are made here: a national broadcast
             # to thousands is fine as long as few of them are ours.
-            self._checks.refuse_fan_out(len(destinations), len(body))
+            self._checks.refuse_fan_out(len(destinations), received.size)
         recipients = [str(d.addressed_to) for d in destinations]
         earlier = await self._store.begin_accept(
             record, [(str(d.addressed_to), d.kind.value) for d in destinations], related=links.related
@@ -183,16 +238,18 @@ class Intake:
                 f"DocumentId {document_id!r} and business type {business_type}; send exactly the same "
                 "envelope to retry, or an update (BussinessDocType 2) to change a document",
             )
-        append_trace(tree, str(self._node.organ_id), now)
-        sign_tree(tree, self._node.key, self._node.certificate)
-        out = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+        with tempfile.SpooledTemporaryFile(max_size=self._body_policy.inline_max_bytes) as sealed:
+            ref = await _cpu(received.size, self._seal, tree, now, sealed)
+            out, body = await self._claim_check(ref, sealed, bus_id, len(destinations))
         await asyncio.gather(
             *(
                 self._publisher.deliver(
                     destination.routing_key,
                     out,
                     message_id=f"{bus_id}|{recipient}",
-                    headers=BusHeaders(bus_id, str(sender), recipient, parsed.kind.value, document_id),
+                    headers=BusHeaders(
+                        bus_id, str(sender), recipient, parsed.kind.value, document_id, body=body
+                    ),
                 )
                 for destination, recipient in zip(destinations, recipients, strict=True)
             )
@@ -209,6 +266,34 @@ class Intake:
             record, recipients, [*links.links, *outbound], business_status=links.business_status
         )
         return Accepted(bus_id, document_id, destinations, parsed.kind.value, str(sender))
+
+    def _seal(self, tree: etree._ElementTree, now: dt.datetime, out: IO[bytes]) -> BodyRef:
+        """This node's trace header and signature, and the envelope written to *out* (rewound)."""
+        append_trace(tree, str(self._node.organ_id), now)
+        sign_tree(tree, self._node.key, self._node.certificate)
+        written = write_envelope(tree, out)
+        out.seek(0)
+        return BodyRef(written.sha256, written.size)
+
+    async def _claim_check(
+        self, ref: BodyRef, sealed: IO[bytes], bus_id: str, copies: int
+    ) -> tuple[bytes, BodyRef | None]:
+        """What each copy carries: the envelope, or (stored once, before anything is published, so that
+        no reference ever names a body the store lacks) an empty body and its reference."""
+        policy = self._body_policy
+        if self._bodies is None or (
+            ref.size <= policy.inline_max_bytes and copies <= policy.inline_max_recipients
+        ):
+            return sealed.read(), None
+        await self._bodies.put_body(ref, sealed, bus_id=bus_id)
+        return b"", ref
+
+
+async def _cpu(size: int, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """*work* here for a small envelope, in a worker thread (with this context) for a large one."""
+    if size <= _THREAD_OVER:
+        return work(*args, **kwargs)
+    return await asyncio.to_thread(work, *args, **kwargs)
 
 
 def _one_per_agency(destinations: Iterable[Destination]) -> tuple[Destination, ...]:

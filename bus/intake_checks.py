@@ -27,7 +27,7 @@ from bus.model import DocumentEnvelope, StatusMessage
 from bus.organ_id import OrganId
 from bus.routing import Destination, DestinationKind
 from bus.topology import Topology
-from bus.xmlparse import DEFAULT_LIMITS, XmlLimits, parse_untrusted
+from bus.xmlparse import DEFAULT_LIMITS, XmlLimits
 
 __all__ = ["IntakeChecks", "IntakePolicy"]
 
@@ -87,8 +87,8 @@ class IntakeChecks:
         self._policy = policy
         self._clock = clock
 
-    def checked(self, body: bytes, sender: OrganId) -> tuple[etree._ElementTree, ParsedEnvelope]:
-        tree = parse_untrusted(body, self._policy.limits)
+    def checked(self, tree: etree._ElementTree, sender: OrganId) -> ParsedEnvelope:
+        """The envelope of *tree* (parsed once, by the intake) from the authenticated *sender*."""
         parsed = check_tree(tree, today=self._clock().astimezone(VN_TZ).date())
         claimed = parsed.message.sender.organ_id
         if claimed != sender:
@@ -98,7 +98,7 @@ class IntakeChecks:
             )
         required = str(sender) in self._policy.signed_senders
         if not required and not find_signatures(tree.getroot()):
-            return tree, parsed
+            return parsed
         # A signature is checked whenever there is one: the bus countersigns what it forwards, and
         # must not vouch for a signature nobody checked (a rogue CA's, say) because the sender was
         # not obliged to sign.
@@ -112,7 +112,7 @@ class IntakeChecks:
         verified = verify_tree(tree, self._policy.trust, self._policy.signatures)
         self._check_signer(verified[0].signer, sender, required=required)
         # The model read above is what the sender signed: see "Parsed and checked once" above.
-        return tree, parsed
+        return parsed
 
     def _check_signer(self, signer: x509.Certificate, sender: OrganId, *, required: bool) -> None:
         """The first signature must be the sender's: its pinned certificate, or one whose UID names it
@@ -138,10 +138,9 @@ class IntakeChecks:
                 "(agencies[].certificate)"
             )
 
-    def checked_from_axis(self, body: bytes) -> tuple[etree._ElementTree, ParsedEnvelope]:
-        today = self._clock().astimezone(VN_TZ).date()
-        tree = parse_untrusted(body, self._policy.limits)
-        parsed = check_tree(tree, today=today)
+    def checked_from_axis(self, tree: etree._ElementTree) -> ParsedEnvelope:
+        """The envelope of *tree* (parsed once, by the intake) that the national axis delivered."""
+        parsed = check_tree(tree, today=self._clock().astimezone(VN_TZ).date())
         sender = parsed.message.sender.organ_id
         if self._topology.agency(sender) is not None or sender.top == self._node_id.top:
             raise ForgedSenderError(
@@ -150,7 +149,7 @@ class IntakeChecks:
             )
         required = self._policy.axis_require_signature
         if not required and not find_signatures(tree.getroot()):
-            return tree, parsed
+            return parsed
         if self._policy.axis_trust is None:
             raise SignatureError(
                 "envelopes from the national axis must be signed, and no CA is trusted (national_axis.trust)"
@@ -166,7 +165,7 @@ class IntakeChecks:
                 "trusted axis of the sender's own body (national_axis.trusted_axes)"
             )
         # The model read above is what was signed: see "Parsed and checked once" above.
-        return tree, parsed
+        return parsed
 
     def _vouches_for(self, signer: x509.Certificate, sender: OrganId) -> bool:
         """The sender signed it, or a trusted axis of the sender's own province or ministry did."""

@@ -36,6 +36,7 @@ __all__ = [
     "NationalAxisSettings",
     "Operator",
     "Settings",
+    "StoreSettings",
     "load_settings",
     "load_topology",
 ]
@@ -75,7 +76,9 @@ class DatabaseSettings(_Section):
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
-    max_body_bytes: int = 64 * 1024 * 1024
+    # An envelope's size at most (413 above, naming this limit): 128 MiB admits a 100 MB scanned
+    # dossier; the bus holds none of it whole in memory (docs/data-path.md). Other bodies: 64 KiB.
+    max_body_bytes: int = Field(default=128 * 1024 * 1024, ge=64 * 1024)
     # A signed request older or newer than this is refused; a replay inside it is refused too.
     clock_skew_s: int = 300
     # On SIGTERM /readyz answers 503 at once, and the API keeps serving this long before it stops, so
@@ -102,6 +105,25 @@ class IntakeSettings(_Section):
     # Copies times the envelope's size, what one envelope may put in RabbitMQ: 1 GiB is a 30 MB
     # dossier to 34 agencies, or an 8 KB letter to every recipient allowed.
     max_fanout_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+
+
+class StoreSettings(_Section):
+    """The body store: every envelope the bus delivers, stored once in the status database
+    (docs/data-path.md)."""
+
+    # A copy that carries its envelope through RabbitMQ is one of at most inline_max_bytes, to at most
+    # inline_max_recipients recipients; any other copy carries a reference to the body store (RabbitMQ
+    # refuses messages over 128 MiB, and copies of a large envelope are what fill a broker).
+    inline_max_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    inline_max_recipients: int = Field(default=4, ge=0)
+    # A body is deleted once every delivery, inbox entry, national-axis send and dead letter naming it
+    # is final (done, fail, failed, dead-lettered and replayed, sent to the axis and confirmed) and
+    # this long has passed since the last of them, and since it was stored; never before. A recipient
+    # can fetch an envelope again for this long after acknowledging it.
+    body_retention_days: float = Field(default=30.0, ge=1.0)
+    # How often each node looks for bodies to delete, and how many it deletes per transaction.
+    gc_interval_s: float = Field(default=600.0, gt=0)
+    gc_batch: int = Field(default=100, ge=1, le=10_000)
 
 
 class NationalAxisSettings(_Section):
@@ -239,6 +261,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
     intake: IntakeSettings = IntakeSettings()
+    store: StoreSettings = StoreSettings()
     national_axis: NationalAxisSettings = NationalAxisSettings()
     dashboard: DashboardSettings = DashboardSettings()
     revocation: RevocationSettings = RevocationSettings()

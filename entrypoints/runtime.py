@@ -26,14 +26,15 @@ from adapters.http.health import Readiness, axis_check, broker_check
 from adapters.http.metrics import NodeMetrics
 from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis import AxisLink, CircuitBreaker, NationalAxisClient, Reconciler, RelayIn, RelayOut
-from adapters.rabbitmq import BrokerNames, DeadLetterWorker, InboxWorker, declare_topology
+from adapters.rabbitmq import BrokerNames, DeadLetterWorker, InboxWorker, cancel_task, declare_topology
 from adapters.store import StatusStore
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
-from bus.errors import BrokerError, ConfigError
-from bus.intake import Intake
+from bus.errors import BrokerError, ConfigError, StoreError
+from bus.intake import BodyPolicy, Intake
 from bus.replay import ReplayResult, replay
-from bus.settings import Settings
+from bus.settings import Settings, StoreSettings
+from entrypoints.amqp_agencies import AgencyLink, http_inboxes, start_agency_link
 from entrypoints.bootstrap import (
     _cas_without_crl,
     broker_names,
@@ -63,6 +64,8 @@ class Node:
     dead_letters: DeadLetterWorker | None = None
     dashboard: Starlette | None = None
     crl_refresher: CrlRefresher | None = None
+    agencies: AgencyLink | None = None  # the AMQP agencies' consumers (docs/amqp-agencies.md)
+    collector: asyncio.Task[None] | None = None  # the body store's garbage collection
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
@@ -102,7 +105,8 @@ class Node:
         await declare_topology(declare, topology, names, retry_delays=settings.national_axis.retry_delays_ms)
         await declare.close()
         publisher = await new_publisher(connection, settings)
-        intake = Intake(topology, identity, publisher, store, policy)
+        bodies = BodyPolicy(settings.store.inline_max_bytes, settings.store.inline_max_recipients)
+        intake = Intake(topology, identity, publisher, store, policy, bodies=store, body_policy=bodies)
         secrets = {str(a.organ_id): s for a in settings.agencies if (s := settings.secret_of(a)) is not None}
         api = ApiContext(
             topology,
@@ -133,7 +137,10 @@ class Node:
             consume = await connection.channel()
             await consume.set_qos(prefetch_count=settings.amqp.prefetch)
             # Dead letters of poison messages go through a confirming channel of their own.
-            worker = InboxWorker(consume, topology, names, store, await new_publisher(connection, settings))
+            # AMQP agencies' inbox queues are the agency deliveries' (entrypoints/amqp_agencies.py).
+            worker = InboxWorker(
+                consume, http_inboxes(topology), names, store, await new_publisher(connection, settings)
+            )
             await worker.start()
         dead_letters = None
         if workers:
@@ -142,6 +149,7 @@ class Node:
             await dead_channel.set_qos(prefetch_count=16)
             dead_letters = DeadLetterWorker(dead_channel, names, store)
             await dead_letters.start()
+        agencies = await start_agency_link(settings, connection, names, intake, store) if workers else None
         axis = None
         if workers and settings.national_axis.endpoint is not None:
             axis = await _axis_link(settings, connection, names, store, intake)
@@ -158,14 +166,21 @@ class Node:
             workers=workers,
             national_axis=settings.national_axis.endpoint,
         )
-        return cls(
+        node = cls(
             settings, store, connection, intake, api, worker, axis, dead_letters, dashboard, crl_refresher
         )
+        node.agencies = agencies
+        if workers:
+            node.collector = asyncio.create_task(_collect_bodies(store, settings.store))
+        return node
 
     async def stop(self) -> None:
+        await cancel_task(self.collector)
         if self.axis is not None:
             with contextlib.suppress(Exception):
                 await self.axis.stop()
+        if self.agencies is not None:
+            await self.agencies.stop()
         if self.worker is not None:
             with contextlib.suppress(Exception):
                 await self.worker.stop()
@@ -218,6 +233,11 @@ class Node:
         if self.axis is not None:
             await self.axis.stop()
             self.axis = None
+        if self.agencies is not None:
+            await self.agencies.stop()  # no new envelopes or acknowledgements; those in hand finish
+            self.agencies = None
+        await cancel_task(self.collector)
+        self.collector = None
         if self.worker is not None:
             await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
         if self.dead_letters is not None:
@@ -232,6 +252,24 @@ class Node:
         for task in done:
             if task is not waiter and (error := task.exception()) is not None:
                 raise error
+
+
+async def _collect_bodies(store: StatusStore, section: StoreSettings) -> None:
+    """Delete the bodies nothing holds any more, retention passed, a batch per transaction, every
+    ``gc_interval_s`` (docs/data-path.md). Every node runs it; on PostgreSQL one at a time works."""
+    retention = dt.timedelta(days=section.body_retention_days)
+    while True:
+        try:
+            while True:
+                now = dt.datetime.now(dt.UTC)
+                deleted = await store.collect_bodies(now, retention=retention, limit=section.gc_batch)
+                if deleted:
+                    log.info("bodies.collected", deleted=deleted)
+                if deleted < section.gc_batch:
+                    break
+        except StoreError as exc:  # the database is down: the next round tries again
+            log.error("bodies.collect_failed", error=str(exc))
+        await asyncio.sleep(section.gc_interval_s)
 
 
 async def _axis_link(

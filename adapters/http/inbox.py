@@ -1,6 +1,7 @@
 """An agency's inbox: ``GET /v1/inbox`` lists it, ``GET /v1/inbox/{item_id}`` fetches one envelope,
 ``POST /v1/inbox/{item_id}/ack`` acknowledges it (the rules: :mod:`bus.access`). Another agency's item
-answers exactly as a missing one (404)."""
+answers exactly as a missing one (404). An envelope is streamed from the body store, a chunk at a time
+(issue 12): a 100 MB one is never whole in memory."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import datetime as dt
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from adapters.http.auth import authenticate
 from adapters.http.context import Resource
@@ -49,8 +50,11 @@ class Inbox(Resource):
         item_id = self._item_id(request)
         now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
         item = await self.ctx.store.fetch(str(agency), item_id, now)
-        if item is None or item.body is None:
+        if item is None or (item.body is None and item.body_sha256 is None):
             raise ApiError(404, "not-found", f"no envelope {item_id} in the inbox of {agency}")
+        # An entry written before the body store keeps its envelope; any other is streamed from the
+        # body store a chunk at a time, with its length and digest said up front.
+        body = item.body if item.body is not None else await self._stored(item.id, item.body_sha256 or "")
         first = is_first_fetch(item.fetched_at, now)  # the inbox wait ends here
         if first:
             self.ctx.metrics.first_fetch(item.received_at, now)
@@ -63,17 +67,35 @@ class Inbox(Resource):
             agency=str(agency),
             first=first,
         )
-        return Response(
-            item.body,
+        headers = {
+            "X-Bus-Id": item.bus_id,
+            "X-Bus-Inbox-Id": str(item.id),
+            "X-Bus-Sender": item.sender,
+            "X-Bus-Kind": item.kind,
+        }
+        if isinstance(body, bytes):
+            return Response(body, 200, media_type="application/xml; charset=utf-8", headers=headers)
+        size, sha256 = body
+        headers |= {"Content-Length": str(size), "X-Bus-Body-SHA256": sha256}
+        return StreamingResponse(
+            self.ctx.store.body_chunks(sha256),
             200,
             media_type="application/xml; charset=utf-8",
-            headers={
-                "X-Bus-Id": item.bus_id,
-                "X-Bus-Inbox-Id": str(item.id),
-                "X-Bus-Sender": item.sender,
-                "X-Bus-Kind": item.kind,
-            },
+            headers=headers,
         )
+
+    async def _stored(self, item_id: int, sha256: str) -> tuple[int, str]:
+        """The size and digest of an entry's envelope in the body store; 404 when it is gone
+        (collected after the retention period that follows the recipient's acknowledgement)."""
+        size = await self.ctx.store.body_size(sha256)
+        if size is None:
+            raise ApiError(
+                404,
+                "not-found",
+                f"envelope {item_id} is no longer kept: its body was deleted after the retention "
+                "period that follows its acknowledgement (store.body_retention_days)",
+            )
+        return size, sha256
 
     async def acknowledge(self, request: Request) -> Response:
         agency, body = await authenticate(self.ctx, request)

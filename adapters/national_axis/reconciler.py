@@ -92,6 +92,8 @@ class Reconciler:
                 await self._store.settle_axis_send(send.id, "confirmed", now)
                 self.confirmed += 1
                 continue
+            # Empty for a copy that named its envelope in the body store: its headers carry the
+            # reference again, and the relay reads the envelope from there (issue 12).
             body = await self._store.axis_send_body(send.id)
             if body is None:  # settled meanwhile by another process
                 continue

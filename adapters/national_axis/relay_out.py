@@ -8,6 +8,10 @@ too many attempts, dead-letters it with the reason (the decision is
 (the event written, the retry or dead-letter copy confirmed). A crash between ``sendEdoc`` and the
 acknowledgement sends the envelope again; the receiving axis's duplicate suppression absorbs it.
 While the circuit is open (:mod:`adapters.national_axis.breaker`) the relay does not consume.
+
+A copy that names its envelope in the body store (issue 12) is sent with the envelope read from there;
+what is kept of the send is the reference, not a second copy. A reference to a body the store does
+not have is a dead letter with that reason.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ log = structlog.get_logger("bus.relay")
 class EventStore(Protocol):
     async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
     async def record_axis_send(self, send: AxisSend, event: TimelineEvent, *, key: str) -> None: ...
+    async def read_body(self, sha256: str) -> bytes | None: ...
 
 
 def _attempt_key(message: BusMessage, attempt: int) -> str:
@@ -172,10 +177,18 @@ class RelayOut(QueueConsumer[None]):
             park = Decision(Action.RETRY, "the circuit is open", self._delays[0], attempt - 1)
             await self.settle(message, park, queue=self._queue, headers=parsed.copy_headers())
             return
+        body = await self._envelope(parsed)
+        if body is None:
+            ref = parsed.headers.body
+            reason = f"the envelope it names ({ref.sha256 if ref else '?'}) is not in the body store"
+            log.error("relay_out.body_missing", **context, reason=reason)
+            gone = Decision(Action.DEAD_LETTER, reason)
+            await self.settle(message, gone, queue=self._queue, headers=parsed.copy_headers())
+            return
         self.attempts += 1
         try:
             doc_id = await self._client.send_edoc(
-                parsed.body,
+                body,
                 sender=parsed.headers.sender,
                 to=[recipient],
                 message_type="status" if parsed.headers.kind == "status" else "edoc",
@@ -226,6 +239,18 @@ class RelayOut(QueueConsumer[None]):
         await self._ack(message, bus_id=bus_id, recipient=recipient)
         self.sent += 1
         log.info("relay_out.sent", **context, axis_doc_id=doc_id)
+
+    async def _envelope(self, parsed: BusMessage) -> bytes | None:
+        """The envelope to send: the copy's own, or read from the body store (through its outages)."""
+        ref = parsed.headers.body
+        if ref is None:
+            return parsed.body
+        return await until_written(
+            lambda: self._store.read_body(ref.sha256),
+            first_delay_s=self._store_retry_s,
+            event="relay_out.store_failed",
+            bus_id=parsed.headers.bus_id,
+        )
 
     async def _temporary(
         self, message: AbstractIncomingMessage, parsed: BusMessage, attempt: int, error: AxisUnavailableError

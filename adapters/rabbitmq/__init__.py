@@ -1,9 +1,13 @@
 """RabbitMQ: the queues and exchanges of a province's axis, a publisher that only says "done" once the
 broker has confirmed the message, and what every consumer of the bus's queues shares (the parser of an
-incoming message, the consumer base and its ack/retry/dead-letter decision), and the AMQP agencies'
-broker users (docs/amqp-agencies.md). aio-pika stays inside this package; other adapters use the names
-exported here."""
+incoming message, the consumer base and its ack/retry/dead-letter decision), and what AMQP agencies talk
+to (their intake, acknowledgements, delivery queues and broker users: docs/amqp-agencies.md). aio-pika
+stays inside this package; other adapters use the names exported here."""
 
+from adapters.rabbitmq.agency_acks import AgencyAcks
+from adapters.rabbitmq.agency_deliveries import AgencyDeliveries
+from adapters.rabbitmq.agency_intake import AgencyIntake
+from adapters.rabbitmq.agency_replies import Refusal, Replies, agencies_by_user
 from adapters.rabbitmq.agency_users import (
     AgencyUser,
     ManagementApi,
@@ -22,7 +26,7 @@ from adapters.rabbitmq.consumer import (
     decide,
 )
 from adapters.rabbitmq.deadletters import DeadLetterWorker
-from adapters.rabbitmq.declare import declare_topology
+from adapters.rabbitmq.declare import declare_agency_topology, declare_topology
 from adapters.rabbitmq.headers import AXIS_DOC_HEADER, REPLAY_HEADER, RESEND_HEADER, HeaderValue, text_header
 from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.inbox import InboxWorker
@@ -38,6 +42,9 @@ __all__ = [
     "RESEND_HEADER",
     "RETRY_DELAYS_MS",
     "Action",
+    "AgencyAcks",
+    "AgencyDeliveries",
+    "AgencyIntake",
     "AgencyUser",
     "BrokerNames",
     "BusMessage",
@@ -50,9 +57,13 @@ __all__ = [
     "Permissions",
     "Publisher",
     "QueueConsumer",
+    "Refusal",
+    "Replies",
+    "agencies_by_user",
     "agency_permissions",
     "cancel_task",
     "decide",
+    "declare_agency_topology",
     "declare_topology",
     "known_fields",
     "open_channel",

@@ -5,20 +5,26 @@ Who writes what: the intake writes the five :data:`BUS_HEADERS` on every copy it
 publisher adds ``x-bus-attempt`` to a copy parked for a retry, and the reason, the source queue and a
 dead-lettering id to a dead letter; a replay tags its copy (``x-bus-replay``); the relay marks an
 envelope from the national axis with its DocId and a copy sent again after a loss with the lost DocId.
+A copy whose envelope is in the body store (claim check, docs/data-path.md) names it by
+``x-bus-body-sha256`` and ``x-bus-body-size`` and has an empty body; every copy made of it (a retry, a
+dead letter, a replay, a resend) keeps them, as it keeps every header it does not change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from bus.errors import PoisonMessageError
-from bus.headers import FIELD_LIMITS, BusHeaders
+from bus.headers import FIELD_LIMITS, BodyRef, BusHeaders
 
 __all__ = [
     "ATTEMPT_HEADER",
     "AXIS_DOC_HEADER",
+    "BODY_SHA256_HEADER",
+    "BODY_SIZE_HEADER",
     "BUS_HEADERS",
     "DEAD_ID_HEADER",
     "NOT_RESTORED",
@@ -45,6 +51,11 @@ BUS_HEADERS = {
     "kind": "x-bus-kind",
     "document_id": "x-bus-document-id",
 }
+# The envelope of a copy that carries none: its SHA-256 (hex) and size in the body store.
+BODY_SHA256_HEADER = "x-bus-body-sha256"
+BODY_SIZE_HEADER = "x-bus-body-size"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_BODY_SIZE = 2**40  # larger than any limit (http.max_body_bytes); bounds what int() is given
 REASON_HEADER = "x-bus-reason"
 ATTEMPT_HEADER = "x-bus-attempt"
 SOURCE_HEADER = "x-bus-source-queue"
@@ -79,7 +90,28 @@ NOT_RESTORED = frozenset(
 
 def to_amqp(headers: BusHeaders) -> dict[str, HeaderValue]:
     """The AMQP headers of one copy of an envelope."""
-    return {name: getattr(headers, field) for field, name in BUS_HEADERS.items()}
+    amqp: dict[str, HeaderValue] = {name: getattr(headers, field) for field, name in BUS_HEADERS.items()}
+    if headers.body is not None:
+        amqp[BODY_SHA256_HEADER] = headers.body.sha256
+        amqp[BODY_SIZE_HEADER] = headers.body.size
+    return amqp
+
+
+def _body_ref(raw: Mapping[str, Any]) -> tuple[BodyRef | None, str | None]:
+    """The body reference of a message (None when it carries its body), or why it is not one."""
+    digest, size = raw.get(BODY_SHA256_HEADER), raw.get(BODY_SIZE_HEADER)
+    if digest is None and size is None:
+        return None, None
+    text, problem = _read(digest, 64)
+    if text is None or _SHA256.fullmatch(text) is None:
+        return None, f"{BODY_SHA256_HEADER} ({problem or 'not 64 lower-case hex digits'})"
+    if isinstance(size, bytes):
+        size = size.decode("ascii", "replace")
+    if isinstance(size, str) and size.isascii() and size.isdigit() and len(size) <= 13:
+        size = int(size)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_BODY_SIZE:
+        return None, f"{BODY_SIZE_HEADER} ({'missing' if size is None else 'not a size in bytes'})"
+    return BodyRef(text, size), None
 
 
 def _read(value: Any, limit: int) -> tuple[str | None, str | None]:
@@ -114,11 +146,14 @@ def from_amqp(raw: Mapping[str, Any]) -> BusHeaders:
             malformed.append(f"{name} ({problem})")
         else:
             missing.append(name)
+    body, problem = _body_ref(raw)
+    if problem is not None:
+        malformed.append(problem)
     if missing or malformed:
         what = [f"missing {', '.join(missing)}"] if missing else []
         what += [f"malformed {', '.join(malformed)}"] if malformed else []
         raise PoisonMessageError(f"not a bus message: {'; '.join(what)}")
-    return BusHeaders(**values)
+    return BusHeaders(**values, body=body)
 
 
 def bus_fields(raw: Mapping[str, Any]) -> dict[str, str | None]:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Self
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; only its exception classes are used
-from sqlalchemy import Insert, text
+from sqlalchemy import Connection, Insert, inspect, text
 from sqlalchemy import exc as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -87,6 +87,25 @@ def _driver_error(exc: BaseException) -> BaseException:
     return orig if isinstance(orig, BaseException) else exc
 
 
+# Columns and indexes added to tables that a store made before them already has (create_all adds
+# neither to an existing table): issue 12's body store references.
+_ADDED_COLUMNS = {"inbox": {"body_sha256": "VARCHAR(64)"}}
+_ADDED_INDEXES = ("ix_inbox_body_sha256", "ix_dead_letters_bus_id", "ix_axis_sends_bus_id")
+
+
+def _upgrade(sync: Connection) -> None:
+    inspector = inspect(sync)
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table)}
+        for name, kind in columns.items():
+            if name not in present:
+                sync.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+    for added in metadata.tables.values():
+        for index in added.indexes:
+            if index.name in _ADDED_INDEXES:
+                index.create(sync, checkfirst=True)
+
+
 class StoreBase:
     """The engine and what every aggregate's queries use. ``url`` is a SQLAlchemy async URL:
     ``sqlite+aiosqlite:///path/bus.db`` (default) or ``postgresql+asyncpg://user@host/db``."""
@@ -107,12 +126,14 @@ class StoreBase:
         return cls(engine)
 
     async def create_schema(self) -> None:
-        """Create missing tables (idempotent, and safe when several processes start at once)."""
+        """Create missing tables, and what later issues added to existing ones (idempotent, and safe
+        when several processes start at once)."""
         async with self._begin() as conn:
             if self._engine.dialect.name == "postgresql":
                 # CREATE TABLE IF NOT EXISTS races between processes on PostgreSQL; serialise them.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(4242017)"))
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
         with self._translated():

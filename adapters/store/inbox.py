@@ -1,9 +1,12 @@
 """Agencies' inboxes: envelopes kept for their recipients, fetched and acknowledged, each step written on
-the document's timeline in the same transaction."""
+the document's timeline in the same transaction. An inbox entry names its envelope in the body store
+(issue 12); the envelope a copy carried is kept there in the same transaction, once for all of its
+recipients."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +14,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.store.base import utc
+from adapters.store.bodies import Bodies
 from adapters.store.tables import documents, inbox
 from adapters.store.timelines import TimelineWriter
 from bus.delivery import DeliveryState, InboxItem, TimelineEvent
@@ -32,14 +36,25 @@ def _inbox_item(row: Any, *, body: bool = False) -> InboxItem:
         fetched_at=utc(row.fetched_at) if row.fetched_at else None,
         ack_state=row.ack_state,
         acked_at=utc(row.acked_at) if row.acked_at else None,
-        body=bytes(row.body) if body else None,
+        # An entry written before the body store keeps its envelope in the row.
+        body=bytes(row.body) if body and row.body_sha256 is None else None,
+        body_sha256=row.body_sha256,
     )
 
 
 _INBOX_LIST = [c for c in inbox.c if c.name != "body"]
 
 
-class Inboxes(TimelineWriter):
+def _sha256_of(item: InboxItem) -> str:
+    """The body store's name of *item*'s envelope: its reference, or the digest of the one it carries."""
+    if item.body_sha256 is not None:
+        return item.body_sha256
+    if item.body is None:
+        raise ValueError(f"inbox item {item.message_id} has neither a body nor a body reference")
+    return hashlib.sha256(item.body).hexdigest()
+
+
+class Inboxes(Bodies, TimelineWriter):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         self._ins_inbox = self._insert_ignoring_duplicates(inbox)
@@ -87,6 +102,7 @@ class Inboxes(TimelineWriter):
         """
         if not items:
             return []
+        shas = {i.message_id: _sha256_of(i) for i in items}
         async with self._begin() as conn:
             existing = {
                 m for (m,) in await conn.execute(self._q_inbox_ids, {"p_ids": [i.message_id for i in items]})
@@ -96,6 +112,10 @@ class Inboxes(TimelineWriter):
                 if item.message_id not in existing:
                     fresh.setdefault(item.message_id, item)
             if fresh:
+                carried = [
+                    (shas[i.message_id], i.body, i.bus_id) for i in fresh.values() if i.body is not None
+                ]
+                await self._keep_small(conn, carried, max(i.received_at for i in fresh.values()))
                 await conn.execute(
                     self._ins_inbox,
                     [
@@ -107,7 +127,8 @@ class Inboxes(TimelineWriter):
                             "sender": i.sender,
                             "kind": i.kind,
                             "document_id": i.document_id,
-                            "body": i.body,
+                            "body": b"",
+                            "body_sha256": shas[i.message_id],
                             "received_at": i.received_at,
                         }
                         for i in fresh.values()

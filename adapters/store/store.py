@@ -9,6 +9,7 @@ module (named by what it keeps); every public method raises :class:`~bus.errors.
 ``inbox.py``           agencies' inboxes: keep, list, fetch, acknowledge, depths
 ``dead_letters.py``    dead letters: keep, list, replay
 ``axis_sends.py``      what the national axis took, until its sent list shows it
+``bodies.py``          the body store: each envelope once, in chunks; its garbage collection
 ``auth_state.py``      request nonces and revoked dashboard sessions
 ``dashboard.py``       the operators' dashboard's reads (queries in ``dashboard_queries.py``)
 =====================  ========================================================================
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from adapters.store.auth_state import AuthState
 from adapters.store.axis_sends import AxisSends
+from adapters.store.bodies import Bodies
 from adapters.store.dashboard import DashboardReads
 from adapters.store.dead_letters import DeadLetters
 from adapters.store.documents import Documents
@@ -26,7 +28,7 @@ from adapters.store.inbox import Inboxes
 __all__ = ["StatusStore"]
 
 
-class StatusStore(Documents, Inboxes, DeadLetters, AxisSends, AuthState, DashboardReads):
-    """Timelines per document and recipient, inboxes, dead letters, what the national axis took, and
-    request nonces. ``url`` is a SQLAlchemy async URL: ``sqlite+aiosqlite:///path/bus.db`` (default)
-    or ``postgresql+asyncpg://user@host/db``."""
+class StatusStore(Documents, Inboxes, DeadLetters, AxisSends, AuthState, DashboardReads, Bodies):
+    """Timelines per document and recipient, inboxes, dead letters, what the national axis took,
+    request nonces, and the body store. ``url`` is a SQLAlchemy async URL:
+    ``sqlite+aiosqlite:///path/bus.db`` (default) or ``postgresql+asyncpg://user@host/db``."""

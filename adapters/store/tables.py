@@ -1,5 +1,7 @@
 """Tables of the status store. Queries an operator runs often have an index (issue 5 lists 100,000
-documents); document bodies live only in the inbox table, until the recipient has them."""
+documents). Envelopes live once each in the body store (``bodies``, ``body_chunks``: content-addressed,
+in chunks), named by the inbox, the dead letters and what the national axis took, and garbage-collected
+when every delivery of theirs is final and the retention period has passed (docs/data-path.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from sqlalchemy import (
 __all__ = [
     "INBOX_PENDING",
     "axis_sends",
+    "bodies",
+    "body_chunks",
+    "body_refs",
     "dead_letters",
     "deliveries",
     "documents",
@@ -107,7 +112,10 @@ inbox = Table(
     Column("sender", String(32), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("document_id", String(256), nullable=False),
+    # Empty since issue 12: the envelope is the body store's ``body_sha256`` (rows written before it
+    # still carry theirs here, and are fetched from here).
     Column("body", LargeBinary, nullable=False),
+    Column("body_sha256", String(64)),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("fetched_at", DateTime(timezone=True)),
     Column("ack_state", String(16)),  # processing / done / fail, as the recipient acknowledged
@@ -125,6 +133,7 @@ inbox = Table(
         postgresql_where=text(INBOX_PENDING),
         sqlite_where=text(INBOX_PENDING),
     ),
+    Index("ix_inbox_body_sha256", "body_sha256"),  # the body store's garbage collection
 )
 
 # Nonces of signed API requests seen inside the timestamp window: a replayed request is refused by
@@ -164,6 +173,7 @@ dead_letters = Table(
     Index("ix_dead_letters_dead_at", "dead_at"),
     Index("ix_dead_letters_replayed_at", "replayed_at", "id"),
     Index("ix_dead_letters_message_id", "message_id"),
+    Index("ix_dead_letters_bus_id", "bus_id", "replayed_at"),  # the body store's garbage collection
 )
 
 
@@ -186,4 +196,37 @@ axis_sends = Table(
     Column("outcome", String(16)),  # NULL while unchecked; "confirmed" or "lost"
     UniqueConstraint("axis_doc_id", "recipient", name="uq_axis_sends_doc"),
     Index("ix_axis_sends_open", "outcome", "sent_at"),
+    Index("ix_axis_sends_bus_id", "bus_id", "outcome"),  # the body store's garbage collection
+)
+
+# The body store (issue 12): each envelope delivered, stored once, named by the SHA-256 of its bytes,
+# shared by every gateway of the province. Its bytes are rows of at most 1 MiB (``body_chunks``), so that
+# a 100 MB envelope is written and read a chunk at a time, never whole in memory; the ``bodies`` row is
+# written last, in the same transaction: a body is there whole or not at all.
+bodies = Table(
+    "bodies",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    Index("ix_bodies_stored_at", "stored_at"),
+)
+
+body_chunks = Table(
+    "body_chunks",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Which documents a body belongs to: its deliveries say when it may go (the intake's retry after a crash
+# seals the same document again, with another signature: two bodies, one document).
+body_refs = Table(
+    "body_refs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("bus_id", String(36), primary_key=True),
+    Index("ix_body_refs_bus_id", "bus_id"),
 )

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from lxml import etree
 
 from bus.dsig.profile import SUBTRACT_EXPRESSION, SUBTRACT_NSMAP
+from bus.spooled import Splicer
 
 __all__ = ["signed_bytes", "signed_digest", "write_signed"]
 
@@ -120,7 +121,9 @@ def write_signed(
     with _without(_targets(root, signature, subtract=subtract)):
         # lxml-stubs lack write_c14n's exclusive argument and its file-likes (anything with write).
         whole: Any = etree.ElementTree(root)
-        whole.write_c14n(out, exclusive=exclusive, with_comments=False)
+        splicer = Splicer(out)
+        whole.write_c14n(splicer, exclusive=exclusive, with_comments=False)
+        splicer.close()
 
 
 def signed_digest(

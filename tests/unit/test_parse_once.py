@@ -4,12 +4,15 @@ what was signed (bus/intake_checks.py says why), so nothing is parsed or checked
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import pytest
 from lxml import etree
 
+import bus.intake
 import bus.intake_checks
+import bus.xmlparse
 from bus.dsig import TrustStore, sign_tree
 from bus.errors import SignatureError
 from bus.organ_id import OrganId
@@ -28,15 +31,15 @@ def topology() -> Topology:
     return load_topology(ROOT / "config" / "example-province.toml")
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+def _counting(monkeypatch: pytest.MonkeyPatch, module: ModuleType, name: str) -> list[int]:
     calls: list[int] = []
-    original: Callable[..., Any] = getattr(bus.intake_checks, name)
+    original: Callable[..., Any] = getattr(module, name)
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(bus.intake_checks, name, counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
 
 
@@ -49,13 +52,15 @@ def _signed(data: bytes, pki: Pki) -> bytes:
 async def test_a_signed_envelope_is_parsed_and_checked_once(
     monkeypatch: pytest.MonkeyPatch, topology: Topology, pki: Pki, document_bytes: bytes
 ) -> None:
-    parses, checks = _counting(monkeypatch, "parse_untrusted"), _counting(monkeypatch, "check_tree")
+    parses = _counting(monkeypatch, bus.intake, "parse_received")
+    reparses = _counting(monkeypatch, bus.xmlparse, "parse_untrusted")
+    checks = _counting(monkeypatch, bus.intake_checks, "check_tree")
     trust = TrustStore([pki.ca.certificate])
     intake = _intake(
         topology, pki, FakePublisher(), FakeStore(), trust=trust, signed_senders=frozenset({str(PROVINCE)})
     )
     await intake.accept(_signed(document_bytes, pki), sender=PROVINCE)
-    assert (len(parses), len(checks)) == (1, 1)
+    assert (len(parses), len(reparses), len(checks)) == (1, 1, 1)
 
 
 async def test_what_is_read_is_still_what_was_signed(
