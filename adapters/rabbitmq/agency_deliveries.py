@@ -8,8 +8,10 @@ national-axis relay deliver to it unchanged; this worker consumes it in place of
 acknowledge the envelope the moment it is in its queue, and only a delivery that has reached it may be
 acknowledged.
 The bus's own queue is an inner detail that the agency's queue does not follow: a copy there that names
-its envelope in a body store instead of carrying it (issue 12's claim check) is held, never forwarded
-empty, until this worker reads such bodies from the store.
+its envelope in the body store instead of carrying it (issue 12's claim check: large envelopes, wide
+fan-outs) goes to the agency with the envelope read from the store, whole, since an AMQP message is one
+body; a reference to a body the store does not have is dead-lettered with that reason, and an empty
+envelope is never forwarded.
 
 A crash after the copy and before the acknowledgement copies the message again: an agency's queue may
 hold an envelope twice after a failure, and its system keeps the first by message id
@@ -28,8 +30,9 @@ from typing import Protocol
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from adapters.rabbitmq.consumer import REQUEUE, CopyPublisherPort, QueueConsumer
+from adapters.rabbitmq.consumer import REQUEUE, Action, CopyPublisherPort, Decision, QueueConsumer
 from adapters.rabbitmq.headers import BUS_HEADERS, HeaderValue
+from adapters.rabbitmq.holding import until_written
 from adapters.rabbitmq.names import BrokerNames
 from adapters.rabbitmq.parser import BusMessage
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
@@ -53,6 +56,7 @@ class AgencyPublisherPort(CopyPublisherPort, Protocol):
 class QueuedStorePort(Protocol):
     async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
     async def document(self, bus_id: str) -> AcceptedDocument | None: ...
+    async def read_body(self, sha256: str) -> bytes | None: ...
 
 
 def _agency_headers(headers: BusHeaders) -> dict[str, HeaderValue]:
@@ -113,17 +117,23 @@ class AgencyDeliveries(QueueConsumer[None]):
         if parsed is None:  # poison: dead-lettered with the reason
             return
         fields = parsed.headers.log_fields()
-        if not parsed.body:
-            # A copy that names its envelope in a body store instead of carrying it (issue 12's claim
-            # check) must be resolved before it goes to the agency: never forward an empty envelope.
-            log.error("agency_deliveries.no_body", **fields)
-            await self.settle(message, REQUEUE, queue=source)
+        body = await self._envelope(parsed)
+        if not body:
+            ref = parsed.headers.body
+            reason = (
+                f"the envelope it names ({ref.sha256}) is not in the body store"
+                if ref is not None
+                else "the message carries no envelope"
+            )
+            log.error("agency_deliveries.no_body", **fields, reason=reason)
+            decision = Decision(Action.DEAD_LETTER, f"{reason}: this copy cannot be delivered")
+            await self.settle(message, decision, queue=source, headers=parsed.copy_headers())
             return
         await self._queued(parsed)
         try:
             await self._publisher.to_queue(
                 self._names.agency_queue(agency.organ_id),
-                parsed.body,
+                body,
                 message_id=parsed.message_id,
                 headers=_agency_headers(parsed.headers),
             )
@@ -134,6 +144,19 @@ class AgencyDeliveries(QueueConsumer[None]):
         self.delivered += 1
         await self._ack(message, **fields)
         log.info("agency_deliveries.queued", **fields, agency=str(agency.organ_id))
+
+    async def _envelope(self, parsed: BusMessage) -> bytes | None:
+        """The envelope of the copy: its own, or read from the body store (tried again while the store
+        fails); None when the store does not have it."""
+        ref = parsed.headers.body
+        if ref is None:
+            return parsed.body
+        return await until_written(
+            lambda: self._store.read_body(ref.sha256),
+            first_delay_s=self._store_retry_s,
+            event="agency_deliveries.store_failed",
+            **parsed.headers.log_fields(),
+        )
 
     async def _queued(self, parsed: BusMessage) -> None:
         """The ``queued`` event (the inbox store's key: written once however often this runs), tried

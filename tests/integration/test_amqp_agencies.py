@@ -266,6 +266,27 @@ async def test_a_signed_envelope_sent_over_amqp_reaches_an_amqp_and_an_http_reci
         assert {(recipient, "accepted"), (recipient, "queued")} <= timeline
 
 
+async def test_a_large_envelope_that_travels_by_reference_reaches_the_amqp_agency_whole(node: Node) -> None:
+    """Over store.inline_max_bytes the bus's copies name the envelope in the body store; the agency's
+    queue gets the envelope itself, the bytes the HTTP recipient fetches."""
+    prefix = node.settings.amqp.prefix
+    async with CLIENT.AgencyConnection(_url(node.settings, SENDER), SENDER, prefix=prefix) as sender:
+        answer = await sender.send(make_document(SENDER, [COMMUNE, DISTRICT], 13, padding=300_000))
+    assert answer["status"] == 202, answer
+    async with CLIENT.AgencyConnection(_url(node.settings, COMMUNE), COMMUNE, prefix=prefix) as commune:
+        [delivered] = await _received(commune, 1)
+    for _ in range(150):
+        items = await node.store.inbox(DISTRICT)
+        if items:
+            break
+        await asyncio.sleep(0.1)
+    [item] = items
+    assert item.body_sha256 is not None  # by reference inside the bus ...
+    assert delivered.body == await node.store.read_body(item.body_sha256)  # ... whole to the agency
+    assert len(delivered.body) > 300_000
+    assert "x-bus-body-sha256" not in delivered.headers
+
+
 async def test_refusals_come_back_with_the_http_apis_codes_and_deliver_nothing(node: Node) -> None:
     prefix = node.settings.amqp.prefix
     async with CLIENT.AgencyConnection(_url(node.settings, SENDER), SENDER, prefix=prefix) as sender:

@@ -18,6 +18,7 @@ from adapters.rabbitmq.agency_acks import AgencyAcks
 from adapters.rabbitmq.agency_deliveries import AgencyDeliveries
 from adapters.rabbitmq.agency_intake import AgencyIntake
 from adapters.rabbitmq.agency_replies import Replies, agencies_by_user
+from adapters.rabbitmq.headers import BODY_SHA256_HEADER, BODY_SIZE_HEADER
 from adapters.rabbitmq.names import BrokerNames
 from bus.delivery import AcceptedDocument, DeliveryRow, DeliveryState, TimelineEvent, may_replace
 from bus.errors import (
@@ -433,8 +434,14 @@ async def test_while_the_store_is_down_the_acknowledgement_is_held_then_written(
 
 
 class FakeQueuedStore:
-    def __init__(self, journal: Journal, *, failures: int = 0, known: bool = True) -> None:
-        self.journal, self.failures, self.known = journal, failures, known
+    def __init__(
+        self, journal: Journal, *, failures: int = 0, known: bool = True, bodies: Mapping[str, bytes] = {}
+    ) -> None:
+        self.journal, self.failures, self.known, self.bodies = journal, failures, known, dict(bodies)
+
+    async def read_body(self, sha256: str) -> bytes | None:
+        self.journal.append(("read_body", sha256))
+        return self.bodies.get(sha256)
 
     async def record(self, event: TimelineEvent, *, key: str) -> bool:
         if self.failures:
@@ -449,7 +456,7 @@ class FakeQueuedStore:
 
 
 async def _deliveries(
-    journal: Journal, store: FakeQueuedStore, *, down: bool = False
+    journal: Journal, store: FakeQueuedStore, *, down: bool = False, publisher: FakePublisher | None = None
 ) -> tuple[AgencyDeliveries, FakeChannel]:
     channel = FakeChannel()
     worker = AgencyDeliveries(
@@ -457,7 +464,7 @@ async def _deliveries(
         TOPOLOGY,
         NAMES,
         store,
-        FakePublisher(journal, down=down),
+        publisher or FakePublisher(journal, down=down),
         store_retry_s=0,
         clock=lambda: NOW,
     )
@@ -501,13 +508,60 @@ async def test_when_the_copy_fails_the_message_goes_back_to_its_queue() -> None:
     assert worker.delivered == 0
 
 
-async def test_an_envelope_the_message_does_not_carry_is_never_forwarded_empty() -> None:
+SHA = "ab" * 32
+BY_REFERENCE = {**HEADERS, BODY_SHA256_HEADER: SHA, BODY_SIZE_HEADER: 9}
+
+
+async def test_an_envelope_in_the_body_store_goes_to_the_agency_whole() -> None:
     journal: Journal = []
-    _, channel = await _deliveries(journal, FakeQueuedStore(journal))
-    message = FakeMessage(journal, body=b"")
+    publisher = BodyPublisher(journal)
+    store = FakeQueuedStore(journal, bodies={SHA: b"<edXML/>!"})
+    _, channel = await _deliveries(journal, store, publisher=publisher)
+    message = FakeMessage(journal, body=b"", headers=BY_REFERENCE)
     await channel.queues[NAMES.inbox(COMMUNE)].deliver(message)
     await settled(message)
-    assert journal == [("nack", message.message_id, True)]  # held in the bus's queue, not lost
+    assert journal == [
+        ("read_body", SHA),
+        ("event", f"{BUS_ID}|000.01.21.H99|queued", "queued"),
+        ("to_queue", NAMES.agency_queue(COMMUNE), message.message_id, HEADERS),  # no reference: the body
+        ("ack", message.message_id),
+    ]
+    assert publisher.bodies == [b"<edXML/>!"]
+
+
+class BodyPublisher(FakePublisher):
+    """Also keeps the bodies it is given to publish into a queue."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(journal)
+        self.bodies: list[bytes] = []
+
+    async def to_queue(self, queue: str, body: bytes, **kwargs: Any) -> None:
+        self.bodies.append(body)
+        await super().to_queue(queue, body, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        (
+            BY_REFERENCE,
+            f"the envelope it names ({SHA}) is not in the body store: this copy cannot be delivered",
+        ),
+        (HEADERS, "the message carries no envelope: this copy cannot be delivered"),
+    ],
+)
+async def test_an_envelope_nobody_has_is_dead_lettered_never_forwarded_empty(
+    headers: dict[str, Any], reason: str
+) -> None:
+    journal: Journal = []
+    _, channel = await _deliveries(journal, FakeQueuedStore(journal))
+    message = FakeMessage(journal, body=b"", headers=headers)
+    await channel.queues[NAMES.inbox(COMMUNE)].deliver(message)
+    await settled(message)
+    dead = [e for e in journal if e[0] == "dead_letter"]
+    assert [(e[1], e[3]) for e in dead] == [(NAMES.inbox(COMMUNE), reason)]
+    assert not [e for e in journal if e[0] in ("to_queue", "event")]
 
 
 async def test_a_message_that_is_not_the_buses_is_dead_lettered_not_copied() -> None:
