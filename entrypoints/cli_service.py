@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from adapters.http.client import AgencyClient, ApiFailure
+from adapters.http.client import AgencyClient, ApiFailure, EnvelopeFile
 from bus.checks import VN_TZ
 from bus.errors import ConfigError
 from bus.logs import configure_logging
@@ -110,7 +110,7 @@ def _api_failure(exc: ApiFailure) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     try:
-        body = args.envelope.read_bytes()
+        body = EnvelopeFile.of(args.envelope)  # hashed now, sent as it is read: any size, little memory
     except OSError as exc:
         raise ConfigError(f"{args.envelope}: cannot read: {exc.strerror}") from exc
 
@@ -157,7 +157,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             for index, item in enumerate(items, start=1):
                 if args.fetch is not None:
                     target = args.fetch / f"{item['id']}-{item['bus_id']}.edxml"
-                    target.write_bytes(await client.fetch(int(item["id"])))
+                    await client.fetch_to(int(item["id"]), target)  # streamed to the file
                     _err(f"[{index}/{len(items)}] fetched {target}")
                 if args.ack is not None:
                     await client.acknowledge(int(item["id"]), args.ack, args.reason)

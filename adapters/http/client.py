@@ -1,20 +1,57 @@
 """A client of the agency HTTP API (what ``bus send`` and ``bus inbox`` use; also a reference for
-agency systems). Every request is signed afresh (:mod:`bus.auth`) and has a timeout."""
+agency systems). Every request is signed afresh (:mod:`bus.auth`) and has a timeout.
+
+An envelope in a file is hashed, then sent, a chunk at a time, and a fetched one is written to its
+file as it arrives (checked against its ``X-Bus-Body-SHA256``): a 100 MB scanned dossier never is
+whole in the client's memory (issue 12)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bus.auth import sign_request
+from bus.auth import SCHEME, canonical_request, sign_request, signature
 from bus.errors import BusError
 
-__all__ = ["AgencyClient", "ApiFailure"]
+__all__ = ["AgencyClient", "ApiFailure", "EnvelopeFile"]
 
 _TRANSIENT = {502, 503, 504}
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeFile:
+    """An envelope in a file, with the size and SHA-256 that sign its request (read once to hash it,
+    and once per attempt to send it, a chunk at a time)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> EnvelopeFile:
+        """Raises OSError when *path* cannot be read."""
+        digest, size = hashlib.sha256(), 0
+        with path.open("rb") as file:
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return cls(path, size, digest.hexdigest())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        with self.path.open("rb") as file:
+            while chunk := file.read(_CHUNK):
+                yield chunk
 
 
 class ApiFailure(BusError):
@@ -53,17 +90,30 @@ class AgencyClient:
         method: str,
         path: str,
         *,
-        body: bytes = b"",
+        body: bytes | EnvelopeFile = b"",
         params: dict[str, str] | None = None,
         content_type: str | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
-        request = self._http.build_request(method, path, params=params, content=body or None)
-        target = request.url.raw_path.decode("ascii")
-        request.headers.update(sign_request(self._secret, self.agency, method, target, body))
+        """One signed request; :class:`ApiFailure` for an error answer. With *stream*, the answer's body
+        is not read: close the response (``aclose``) when done with it."""
+        if isinstance(body, EnvelopeFile):
+            headers = {"Content-Length": str(body.size)}  # sent as it is read, not chunk-encoded
+            request = self._http.build_request(
+                method, path, params=params, content=body.chunks(), headers=headers
+            )
+            signing = self._signing(method, request.url.raw_path.decode("ascii"), body.sha256)
+        else:
+            request = self._http.build_request(method, path, params=params, content=body or None)
+            target = request.url.raw_path.decode("ascii")
+            signing = sign_request(self._secret, self.agency, method, target, body)
+        request.headers.update(signing)
         if content_type:
             request.headers["Content-Type"] = content_type
-        response = await self._http.send(request)
+        response = await self._http.send(request, stream=stream)
         if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
             try:
                 error = response.json()["error"]
             except (ValueError, KeyError, TypeError):
@@ -71,10 +121,24 @@ class AgencyClient:
             raise ApiFailure(response.status_code, error.get("code", "?"), error.get("message", ""), error)
         return response
 
-    async def send(self, envelope: bytes, *, retries: int = 0, backoff_s: float = 1.0) -> dict[str, Any]:
-        """Send an envelope; with *retries*, a refused connection or a 503 is retried (the same envelope
-        is never accepted twice, so a retry is safe). A 409 after a failed attempt means that attempt
-        was accepted: its answer is returned."""
+    def _signing(self, method: str, target: str, content_sha256: str) -> dict[str, str]:
+        """The headers :func:`bus.auth.sign_request` makes, for a body known by its digest."""
+        timestamp, nonce = int(time.time()), secrets.token_hex(16)
+        canonical = canonical_request(method, target, timestamp, nonce, self.agency, content_sha256)
+        return {
+            "X-Bus-Agency": self.agency,
+            "X-Bus-Timestamp": str(timestamp),
+            "X-Bus-Nonce": nonce,
+            "X-Bus-Content-SHA256": content_sha256,
+            "Authorization": f"{SCHEME} Signature={signature(self._secret, canonical)}",
+        }
+
+    async def send(
+        self, envelope: bytes | EnvelopeFile, *, retries: int = 0, backoff_s: float = 1.0
+    ) -> dict[str, Any]:
+        """Send an envelope (in memory, or a file streamed as it is read); with *retries*, a refused
+        connection or a 503 is retried (the same envelope is never accepted twice, so a retry is
+        safe). A 409 after a failed attempt means that attempt was accepted: its answer is returned."""
         attempt = 0
         while True:
             try:
@@ -100,6 +164,29 @@ class AgencyClient:
 
     async def fetch(self, item_id: int) -> bytes:
         return (await self.request("GET", f"/v1/inbox/{item_id}")).content
+
+    async def fetch_to(self, item_id: int, target: Path) -> int:
+        """Write envelope *item_id* to *target* as it arrives; returns its size. The file appears whole
+        or not at all (written beside it, then renamed); a body that does not match the digest the bus
+        announced (``X-Bus-Body-SHA256``) raises :class:`ApiFailure` and leaves nothing."""
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        response = await self.request("GET", f"/v1/inbox/{item_id}", stream=True)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with partial.open("wb") as out:
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            announced = response.headers.get("x-bus-body-sha256")
+            if announced is not None and announced != digest.hexdigest():
+                message = f"envelope {item_id} arrived with SHA-256 {digest.hexdigest()}, not {announced}"
+                raise ApiFailure(502, "body-digest-mismatch", message, {})
+            os.replace(partial, target)
+        finally:
+            await response.aclose()
+            partial.unlink(missing_ok=True)
+        return size
 
     async def acknowledge(self, item_id: int, state: str, reason: str | None = None) -> dict[str, Any]:
         body = json.dumps({"state": state, "reason": reason}, ensure_ascii=False).encode("utf-8")

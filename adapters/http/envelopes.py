@@ -1,6 +1,7 @@
 """``POST /v1/envelopes``: an agency sends an envelope. "202 Accepted" is answered only after RabbitMQ
 confirmed every delivery of it (:meth:`bus.intake.Intake.accept`); every refusal is counted by its code
-and logged."""
+and logged. The envelope is spooled to disk as it arrives (up to ``http.max_body_bytes``) and read from
+there: a 100 MB one never is whole in memory (docs/data-path.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from adapters.http.auth import authenticate
+from adapters.http.auth import authenticate_envelope
 from adapters.http.context import Resource
 from adapters.http.errors import ApiError, api_error, echo
 from adapters.http.reading import media_type
@@ -61,10 +62,11 @@ class Envelopes(Resource):
                 "unsupported-media-type",
                 f"send the envelope as application/xml, not {echo(content_type)}",
             )
-        sender, body = await authenticate(self.ctx, request, self.ctx.max_body_bytes)
+        sender, received = await authenticate_envelope(self.ctx, request)  # spooled, digest checked
         started = time.perf_counter()
         try:
-            accepted = await self.ctx.intake.accept(body, sender=sender)
+            with received.file:
+                accepted = await self.ctx.intake.accept(received, sender=sender)
         except Exception as exc:
             raise _not_accepted(exc, sender) from None
         self.ctx.metrics.envelope_accepted(accepted.kind, time.perf_counter() - started)
