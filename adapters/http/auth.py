@@ -30,7 +30,7 @@ __all__ = ["authenticate", "authenticate_envelope"]
 B = TypeVar("B")
 # An envelope up to this size is spooled in memory; a larger one goes to a temporary file (unlinked
 # at once: nothing is left behind, whatever happens to the process).
-SPOOL_IN_MEMORY = 1024 * 1024
+SPOOL_IN_MEMORY = 256 * 1024
 _DIGEST_MISMATCH = "X-Bus-Content-SHA256 is not the SHA-256 of the body"
 
 
