@@ -1,19 +1,32 @@
-"""End to end: envelopes per second and latency from HTTP push to recipient pull, beside a raw
-aio-pika publish-with-confirm / consume-with-ack loop on the same broker, in the same run.
+"""End to end: envelopes per second and latency from push to the recipient receiving it, over HTTP and
+over AMQP, beside a raw aio-pika publish-with-confirm / consume-with-ack loop on the same broker, in the
+same run.
 
-Not a test. Run ``.venv/bin/python -m bench.bench_e2e`` (RabbitMQ and PostgreSQL up: scripts/services.sh)
-and copy the table into docs/performance.md. ``--smoke`` runs every row with a handful of envelopes
-(tests/integration/test_bench_smoke.py: the benchmark must keep running; its figures mean nothing).
-It deletes its queues, exchanges, database and files when it ends, fails or is interrupted (SIGINT).
+Not a test. Run ``.venv/bin/python -m bench.bench_e2e`` (RabbitMQ with its management plugin, and
+PostgreSQL up: scripts/services.sh) and copy the table into docs/performance.md. ``--smoke`` runs every
+row with a handful of envelopes (tests/integration/test_bench_smoke.py: the benchmark must keep running;
+its figures mean nothing). It deletes its queues, exchanges, broker users, database and files when it
+ends, fails or is interrupted (SIGINT).
 
-* **bus, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus serve`` processes over HTTP
-  (the province must sign, so each signature is verified, then traced and countersigned); recipients
-  pull as agency systems do (list, fetch, acknowledge). Latency: push sent → fetched by the recipient.
-* **bus, fan-out 50**: each envelope to 50 communes of one district; latency per delivery.
+* **bus (a) HTTP push + HTTP pull, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus
+  serve`` processes over HTTP (the province must sign, so each signature is verified, then traced and
+  countersigned); recipients pull as agency systems do (list, fetch, acknowledge). Latency: push sent →
+  fetched by the recipient.
+* **bus (b) AMQP push + AMQP pull, 8 KB**: the same envelopes, sent by the province as its own RabbitMQ
+  user (made by ``bus amqp-users``) to the agency intake, each waiting for the bus's answer (direct
+  reply-to; "in flight" counts envelopes awaiting their answer); the recipients, AMQP agencies of a second
+  bench district, consume their delivery queues and acknowledge each envelope ``done`` over AMQP, then to
+  RabbitMQ, with the integrators' example client (docs/examples/amqp_agency_client.py). Latency:
+  publish → received by the recipient. The run ends when every delivery is received and its
+  acknowledgement answered.
+* **bus, fan-out 50**: each envelope to 50 communes of one district over HTTP; latency per delivery.
 * **raw aio-pika**: the same 8 KB bodies published with confirms to a quorum queue and consumed with
   acks (one queue; for the fan-out row, a fanout exchange to 50 quorum queues). Latency: publish →
   delivered to the consumer. This is the floor the bus is built on: no HTTP, parsing, signatures or
   database.
+
+Each bus row is compared with the raw row of the same concurrency ("X% of the raw loop's delivery
+rate").
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import platform
 import resource
@@ -32,6 +46,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aio_pika
 import asyncpg
@@ -39,10 +56,12 @@ import httpx
 from lxml import etree
 
 from adapters.http.client import AgencyClient
+from adapters.rabbitmq import BrokerNames
 from bus.dsig import load_certificates, load_private_key, sign_tree
 from bus.pki import init_pki
-from bus.settings import load_settings
+from bus.settings import Settings, load_settings
 from bus.xmlparse import parse_untrusted
+from entrypoints.cli_amqp import management_api, wanted_users
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, fresh_database, write_config
 from tests.integration.processes import ServeProcess, free_port
@@ -51,6 +70,26 @@ ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("BUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PROVINCE = "000.00.00.H99"
 FANOUT = 50  # communes of the bench's district: the fan-out row sends to all of them
+# The AMQP rows' recipients: a second bench district and its communes, AMQP agencies (the HTTP rows keep
+# the example's HTTP agencies). The province sends the AMQP rows as its broker user, the HTTP rows with
+# its API secret (an AMQP agency may use the HTTP API too: docs/amqp-agencies.md).
+AMQP_DISTRICT = "000.00.41.H99"
+AMQP_COMMUNES = 3
+
+
+def _example_client() -> ModuleType:
+    """docs/examples/amqp_agency_client.py, the integrators' example client (as the tests load it)."""
+    path = ROOT / "docs" / "examples" / "amqp_agency_client.py"
+    spec = importlib.util.spec_from_file_location("amqp_agency_client", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+CLIENT = _example_client()
 
 
 @dataclass
@@ -66,6 +105,8 @@ class Run:
     generator_cpu_s: float | None = None
     commits: int | None = None
     statements: int | None = None
+    # A bus row's raw aio-pika row (same bodies' size and concurrency), for "X% of the raw loop".
+    baseline: str | None = None
 
     @property
     def rate(self) -> float:
@@ -120,21 +161,77 @@ class Counters:
             await connection.close()
 
 
-def _bench_province(communes: int) -> str:
-    """The example province plus a district with *communes* communes (for the fan-out row)."""
-    text = (ROOT / "config" / "example-province.toml").read_text(encoding="utf-8")
-    extra = []
-    extra.append(
-        '\n[[agencies]]\norgan_id = "000.00.40.H99"\nname = "Ủy ban nhân dân huyện Thử Tải"\n'
-        'level = "district"\nparent = "000.00.00.H99"\nsecret = "demo-only-000.00.40.H99"\n'
+class Meter:
+    """What one bus run costs, between :meth:`start` and :meth:`run`: the ``bus serve`` processes' CPU,
+    this process's CPU (the load generator), and PostgreSQL's commits and statements."""
+
+    def __init__(self, servers: list[ServeProcess], counters: Counters | None) -> None:
+        self.servers = servers
+        self.counters = counters or Counters(None)
+        self._before: tuple[int | None, int | None, float, float] = (None, None, 0.0, 0.0)
+
+    async def start(self) -> None:
+        commits, statements = await self.counters.read()
+        self._before = (commits, statements, _servers_cpu_s(self.servers), _own_cpu_s())
+
+    async def run(
+        self, label: str, envelopes: int, deliveries: int, seconds: float, latencies: list[float]
+    ) -> Run:
+        commits_before, statements_before, bus_cpu_before, own_cpu_before = self._before
+        bus_cpu = _servers_cpu_s(self.servers) - bus_cpu_before
+        own_cpu = _own_cpu_s() - own_cpu_before
+        commits_after, statements_after = await self.counters.read()
+        return Run(
+            label,
+            envelopes,
+            deliveries,
+            seconds,
+            latencies,
+            bus_cpu_s=bus_cpu,
+            generator_cpu_s=own_cpu,
+            commits=None
+            if commits_after is None or commits_before is None
+            else commits_after - commits_before,
+            statements=(
+                None
+                if statements_after is None or statements_before is None
+                else statements_after - statements_before
+            ),
+        )
+
+
+def _agency(code: str, name: str, level: str, parent: str, *, amqp: bool = False) -> str:
+    transport = 'transport = "amqp"\n' if amqp else ""
+    return (
+        f'\n[[agencies]]\norgan_id = "{code}"\nname = "{name}"\nlevel = "{level}"\nparent = "{parent}"\n'
+        f'secret = "demo-only-{code}"\n{transport}'
     )
+
+
+def _bench_province(communes: int, amqp_communes: int = AMQP_COMMUNES) -> str:
+    """The example province plus a district with *communes* communes (for the fan-out row) and a second
+    district with *amqp_communes* communes, all AMQP agencies (for the AMQP rows); the province sends over
+    AMQP too (``transport = "amqp"``: its broker user; its HTTP API secret still sends the HTTP rows)."""
+    text = (ROOT / "config" / "example-province.toml").read_text(encoding="utf-8")
+    marked = f'organ_id = "{PROVINCE}"\n'
+    assert marked in text, f"the example province has no agency {PROVINCE}"
+    text = text.replace(marked, f'{marked}transport = "amqp"\n', 1)
+    extra = [_agency("000.00.40.H99", "Ủy ban nhân dân huyện Thử Tải", "district", PROVINCE)]
     for n in range(1, communes + 1):
         extra.append(
-            f'\n[[agencies]]\norgan_id = "000.{n:02d}.40.H99"\nname = "Ủy ban nhân dân xã Thử Tải {n}"\n'
-            f'level = "commune"\nparent = "000.00.40.H99"\nsecret = "demo-only-000.{n:02d}.40.H99"\n'
+            _agency(f"000.{n:02d}.40.H99", f"Ủy ban nhân dân xã Thử Tải {n}", "commune", "000.00.40.H99")
         )
+    extra.append(_agency(AMQP_DISTRICT, "Ủy ban nhân dân huyện Thử AMQP", "district", PROVINCE, amqp=True))
+    for n in range(1, amqp_communes + 1):
+        code = f"000.{n:02d}.{AMQP_DISTRICT.split('.')[2]}.H99"
+        extra.append(_agency(code, f"Ủy ban nhân dân xã Thử AMQP {n}", "commune", AMQP_DISTRICT, amqp=True))
     head, sep, services = text.partition("# Services of this node")
     return head + "".join(extra) + "\n" + sep + services
+
+
+def _amqp_recipients(amqp_communes: int = AMQP_COMMUNES) -> list[list[str]]:
+    district = AMQP_DISTRICT.split(".")[2]
+    return [[AMQP_DISTRICT], *([f"000.{n:02d}.{district}.H99"] for n in range(1, amqp_communes + 1))]
 
 
 def _signed_envelopes(pki: Path, count: int, recipients: list[list[str]], size: int, tag: str) -> list[bytes]:
@@ -199,10 +296,8 @@ async def bus_run(
     queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
     for n, body in enumerate(envelopes):
         queue.put_nowait((n, body))
-    counters = counters or Counters(None)
-    commits_before, statements_before = await counters.read()
-    bus_cpu_before = _servers_cpu_s(servers)
-    own_cpu_before = _own_cpu_s()
+    meter = Meter(servers, counters)
+    await meter.start()
     started = time.perf_counter()
     pullers = [asyncio.create_task(puller(a, i)) for i, a in enumerate(agencies)]
     try:
@@ -224,25 +319,165 @@ async def bus_run(
         await asyncio.gather(*pullers, return_exceptions=True)
         for sender in senders:
             await sender.aclose()
-    bus_cpu = _servers_cpu_s(servers) - bus_cpu_before
-    own_cpu = _own_cpu_s() - own_cpu_before
-    commits_after, statements_after = await counters.read()
     print(f"  {label}: {count} envelopes in {seconds:.1f} s", file=sys.stderr, flush=True)
-    return Run(
-        label,
-        count,
-        expected,
-        seconds,
-        latencies,
-        bus_cpu_s=bus_cpu,
-        generator_cpu_s=own_cpu,
-        commits=None if commits_after is None or commits_before is None else commits_after - commits_before,
-        statements=(
-            None
-            if statements_after is None or statements_before is None
-            else statements_after - statements_before
-        ),
+    return await meter.run(label, count, expected, seconds, latencies)
+
+
+class AmqpAgencies:
+    """The bench's AMQP agencies as their document systems see them: the broker's address with each
+    agency's own user and password (those ``bus amqp-users`` gives it), and the axis's prefix."""
+
+    def __init__(self, settings: Settings) -> None:
+        names = BrokerNames(settings.amqp.prefix)
+        broker = urlsplit(settings.amqp.url)
+        where = broker.netloc.rpartition("@")[2] + (broker.path or "/")
+        self.prefix = names.prefix
+        self.urls = {
+            user.name.removeprefix(f"{names.prefix}."): (
+                f"amqp://{quote(user.name, safe='')}:{quote(user.password, safe='')}@{where}"
+            )
+            for user, _source in wanted_users(settings, names)
+        }
+
+    def connect(self, agency: str) -> Any:
+        """The example client's connection of *agency* (``async with``)."""
+        return CLIENT.AgencyConnection(self.urls[agency], agency, prefix=self.prefix, answer_timeout_s=60)
+
+
+def make_amqp_users(config: Path) -> None:
+    """``bus amqp-users --config CONFIG``, as an operator runs it: each AMQP agency's broker user."""
+    made = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "amqp-users", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    if made.returncode != 0:
+        raise RuntimeError(f"bus amqp-users exited {made.returncode}: {made.stderr.strip()}")
+
+
+async def delete_amqp_agencies(settings: Settings) -> None:
+    """What the AMQP agencies add to a node's broker objects (the agency intake and acknowledgements,
+    exchanges and queues; each agency's delivery queue), and every broker user of the bench's prefix."""
+    names = BrokerNames(settings.amqp.prefix)
+    try:
+        connection = await aio_pika.connect(settings.amqp.url, timeout=10)
+        try:
+            channel = await connection.channel()
+            for agency in settings.agencies:
+                await channel.queue_delete(names.agency_queue(agency.organ_id))  # none there: no error
+            for name in (names.agency_intake, names.agency_acks):
+                await channel.queue_delete(name)
+                await channel.exchange_delete(name)
+        finally:
+            await connection.close()
+    finally:
+        api = management_api(settings)
+        try:
+            for user in await api.users():
+                if str(user.get("name", "")).startswith(f"{names.prefix}."):
+                    await api.delete_user(str(user["name"]))
+        finally:
+            await api.aclose()
+
+
+async def amqp_run(
+    label: str,
+    servers: list[ServeProcess],
+    agencies: AmqpAgencies,
+    pki: Path,
+    recipients: list[list[str]],
+    count: int,
+    concurrency: int,
+    counters: Counters | None = None,
+) -> Run:
+    """The province sends *count* signed envelopes over AMQP, *concurrency* awaiting their answers at a
+    time; each recipient takes its delivery queue with the example client's ``receive``, acknowledging
+    each envelope ``done`` to the axis (waiting for the answer), then to RabbitMQ."""
+    tag = f"A{uuid.uuid4().hex[:6]}"
+    envelopes = _signed_envelopes(pki, count, recipients, 6000, tag)
+    pushed: dict[str, float] = {}
+    latencies: list[float] = []
+    received: set[str] = set()  # "<bus id>|<agency>": a delivery that comes twice is counted once
+    acknowledged: set[str] = set()  # of those, the ones whose acknowledgement the axis answered
+    codes = sorted({r for group in recipients for r in group})
+    expected = sum(len(recipients[n % len(recipients)]) for n in range(count))
+    done, stop = asyncio.Event(), asyncio.Event()
+
+    class Recipient(CLIENT.AgencyConnection):  # type: ignore[misc]
+        """The example client; each acknowledgement it has answered counts toward the run's end."""
+
+        async def acknowledge(self, bus_id: str, state: str, reason: str | None = None) -> dict[str, Any]:
+            answer: dict[str, Any] = await super().acknowledge(bus_id, state, reason)
+            key = f"{bus_id}|{self.agency}"
+            if key in received:  # receive() itself stops on an answer other than 200 or already-final
+                acknowledged.add(key)
+                if len(acknowledged) >= expected:
+                    done.set()
+            return answer
+
+    async def send(province: Any, queue: asyncio.Queue[tuple[int, bytes]]) -> None:
+        while not queue.empty():
+            n, body = queue.get_nowait()
+            pushed[f"{PROVINCE},2026/11/20,{n + 1}/{tag}"] = time.perf_counter()
+            answer = await province.send_until_answered(body)
+            if answer["status"] != 202:
+                raise RuntimeError(f"{label}: envelope {n + 1} refused: {answer}")
+
+    async def take(recipient: Any) -> None:
+        async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> str:
+            now = time.perf_counter()
+            sent = pushed.get(CLIENT.header(message, "x-bus-document-id"))
+            key = f"{CLIENT.header(message, 'x-bus-id')}|{recipient.agency}"
+            if sent is not None and key not in received:
+                received.add(key)
+                latencies.append((now - sent) * 1000)
+            return "done"
+
+        while not stop.is_set():
+            await recipient.receive(keep, idle_s=1.0)
+
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for n, body in enumerate(envelopes):
+        queue.put_nowait((n, body))
+    async with contextlib.AsyncExitStack() as connections:
+        province = await connections.enter_async_context(agencies.connect(PROVINCE))
+        takers = [
+            await connections.enter_async_context(
+                Recipient(agencies.urls[code], code, prefix=agencies.prefix, answer_timeout_s=60)
+            )
+            for code in codes
+        ]
+        meter = Meter(servers, counters)
+        await meter.start()
+        started = time.perf_counter()
+        receivers = [asyncio.create_task(take(t)) for t in takers]
+        waiter = asyncio.create_task(done.wait())
+        try:
+            await asyncio.gather(*(send(province, queue) for _ in range(concurrency)))
+            await asyncio.wait([waiter, *receivers], timeout=600, return_when=asyncio.FIRST_COMPLETED)
+            seconds = time.perf_counter() - started
+            if not done.is_set():  # a receiver failed (its exception is raised here) or time ran out
+                for task in receivers:
+                    if task.done():
+                        task.result()
+                raise TimeoutError(
+                    f"{label}: {len(received)} of {expected} deliveries received, {len(acknowledged)} "
+                    "acknowledged"
+                )
+            run = await meter.run(label, count, expected, seconds, latencies)
+            stop.set()  # each receiver returns after a quiet second, every message acknowledged
+            await asyncio.wait_for(asyncio.gather(*receivers), timeout=30)
+        finally:
+            stop.set()
+            waiter.cancel()
+            for task in receivers:
+                task.cancel()
+            await asyncio.gather(waiter, *receivers, return_exceptions=True)
+    print(f"  {label}: {count} envelopes in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return run
 
 
 async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
@@ -323,6 +558,7 @@ async def main(args: argparse.Namespace) -> list[Run]:
                 for i in range(args.processes)
             ]
             try:
+                make_amqp_users(settings_file)
                 for server in servers:
                     server.start()
                 for server in servers:
@@ -332,44 +568,51 @@ async def main(args: argparse.Namespace) -> list[Run]:
                     if args.database == "postgresql"
                     else None
                 )
-                return await _runs(args, servers, pki, Counters(dsn))
+                return await _runs(args, servers, AmqpAgencies(settings), pki, Counters(dsn))
             finally:
                 for server in servers:
                     server.stop()
-                await delete_broker_objects(settings)
+                try:
+                    await delete_broker_objects(settings)
+                finally:
+                    await delete_amqp_agencies(settings)
 
 
 async def _runs(
-    args: argparse.Namespace, servers: list[ServeProcess], pki: Path, counters: Counters
+    args: argparse.Namespace,
+    servers: list[ServeProcess],
+    agencies: AmqpAgencies,
+    pki: Path,
+    counters: Counters,
 ) -> list[Run]:
-    """Each row *args.repeat* times, interleaved (raw, bus, raw, bus, ...) so that other load on the
-    machine falls on both; the report takes the median of each row."""
+    """Each row *args.repeat* times, interleaved (raw, bus over HTTP, bus over AMQP, raw, ...) so that
+    other load on the machine falls on all; the report takes the median of each row."""
     local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
+    over_amqp = _amqp_recipients()
     communes = [[f"000.{n:02d}.40.H99" for n in range(1, FANOUT + 1)]]
     await bus_run("warm-up", servers, pki, local, args.warm_up, args.concurrency)
+    await amqp_run("warm-up over AMQP", servers, agencies, pki, over_amqp, args.warm_up, args.concurrency)
     runs: list[Run] = []
     c = args.concurrency
     for _ in range(args.repeat):
         for concurrency in (1, c):
             n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
-            runs.append(await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency))
-            runs.append(
-                await bus_run(
-                    f"bus, 8 KB signed, {concurrency} in flight",
-                    servers,
-                    pki,
-                    local,
-                    n,
-                    concurrency,
-                    counters,
-                )
-            )
-        runs.append(await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c))
+            raw = await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency)
+            runs.append(raw)
+            http = f"bus (a) HTTP push + HTTP pull, 8 KB signed, {concurrency} in flight"
+            runs.append(await bus_run(http, servers, pki, local, n, concurrency, counters))
+            amqp = f"bus (b) AMQP push + AMQP pull, 8 KB signed, {concurrency} in flight"
+            runs.append(await amqp_run(amqp, servers, agencies, pki, over_amqp, n, concurrency, counters))
+            for run in runs[-2:]:
+                run.baseline = raw.label
+        raw = await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c)
+        runs.append(raw)
         runs.append(
             await bus_run(
                 f"bus, fan-out {FANOUT}, {c} in flight", servers, pki, communes, args.fanout, c, counters
             )
         )
+        runs[-1].baseline = raw.label
     return runs
 
 
@@ -421,9 +664,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
             f"{_per_delivery(run.commits, run)} | {_per_delivery(run.statements, run)} |"
         )
     print()
-    for raw, bus in zip(runs[::2], runs[1::2], strict=True):
-        ratio = (bus.deliveries / bus.seconds) / (raw.deliveries / raw.seconds)
-        print(f"- {bus.label}: {ratio:.0%} of the raw loop's delivery rate")
+    by_label = {run.label: run for run in runs}
+    for bus in runs:
+        if bus.baseline is not None:
+            raw = by_label[bus.baseline]
+            ratio = (bus.deliveries / bus.seconds) / (raw.deliveries / raw.seconds)
+            print(f"- {bus.label}: {ratio:.0%} of the raw loop's delivery rate")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 ``bench/bench_e2e.py`` stopped starting (its ``bus serve`` could not read a CA file) and nothing
 noticed: a benchmark that cannot run is a defect. Each script runs once as
 ``python -m bench.NAME --smoke`` (a handful of envelopes, one round) against the real RabbitMQ and
-PostgreSQL; it must exit 0, print its result table, and delete the queues, exchanges, databases and
-files it made. No figure is asserted: a smoke run's timings on two shared cores mean nothing.
+PostgreSQL; it must exit 0, print its result table, and delete the queues, exchanges, broker users,
+databases and files it made. No figure is asserted: a smoke run's timings on two shared cores mean nothing.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def test_bench_folder_has_scripts() -> None:
 def _rabbitmqctl_names(kind: str) -> set[str]:
     if shutil.which("rabbitmqctl") is None:
         pytest.fail("rabbitmqctl is not on PATH (it lists what a benchmark left): run scripts/services.sh")
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return {line for line in listed.stdout.splitlines() if line.startswith("bench")}
+    columns = [] if kind == "users" else ["name"]  # list_users takes no columns: name, then tags
+    command = ["rabbitmqctl", "-q", f"list_{kind}", *columns]
+    listed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    return {line.split("\t")[0] for line in listed.stdout.splitlines() if line.startswith("bench")}
 
 
 async def _bench_databases() -> set[str]:
@@ -55,10 +55,12 @@ async def _bench_databases() -> set[str]:
 
 
 def _leftovers() -> set[str]:
-    """Queues, exchanges and databases with a benchmark's name (the benches name theirs bench…)."""
+    """Queues, exchanges, broker users and databases with a benchmark's name (the benches name theirs
+    bench…; an AMQP agency's user is ``<prefix>.<OrganId>``)."""
     return (
         {f"queue {n}" for n in _rabbitmqctl_names("queues")}
         | {f"exchange {n}" for n in _rabbitmqctl_names("exchanges")}
+        | {f"user {n}" for n in _rabbitmqctl_names("users")}
         | {f"database {n}" for n in asyncio.run(_bench_databases())}
     )
 
@@ -128,7 +130,7 @@ def _pump(stream: IO[str], into: queue.Queue[str]) -> None:
 
 def test_interrupted_e2e_bench_cleans_up(tmp_path: Path) -> None:
     """SIGINT (``timeout -s INT``, Ctrl-C) once ``bus serve`` runs and the warm-up is through: the
-    bench stops its servers and deletes its queues, exchanges, database and files."""
+    bench stops its servers and deletes its queues, exchanges, broker users, database and files."""
     before = _leftovers()
     with _start("bench_e2e", tmp_path / "tmp") as process:
         assert process.stderr is not None
