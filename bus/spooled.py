@@ -112,12 +112,6 @@ class SpooledTexts:
                 piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             write(piece)
 
-    def text(self, entry: SpooledText) -> str:
-        """The whole text in memory: for an element the skeleton should not have spooled."""
-        out = io.BytesIO()
-        self.stream(entry, out.write)
-        return out.getvalue().decode("ascii")
-
     @contextmanager
     def active(self) -> Iterator[None]:
         """Make these texts the ones checks and serialisers find while the block runs (in this task and
