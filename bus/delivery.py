@@ -76,7 +76,9 @@ _RANK = {
     DeliveryState.ACCEPTED: 0,
     DeliveryState.RETRYING: 1,
     DeliveryState.QUEUED: 2,
-    DeliveryState.SENT_TO_AXIS: 2,
+    # Further than queued: the relay may write "sent" before the intake's confirm writes "queued" (the
+    # intake publishes, then confirms; with group commit the confirm can come after the relay's send).
+    DeliveryState.SENT_TO_AXIS: 3,
     DeliveryState.FETCHED: 3,
     DeliveryState.STATUS: 3,
     DeliveryState.PROCESSING: 4,
