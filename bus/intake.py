@@ -211,7 +211,8 @@ class Intake:
         bus_id = bus_id_for(draft)
         record = dataclasses.replace(draft, bus_id=bus_id)
         if isinstance(message, DocumentEnvelope) and not local_only:
-            self._checks.refuse_fan_out(len(message.recipients), received.size)  # before any look-up
+            copies = len(message.recipients)
+            self._checks.refuse_fan_out(copies, self._carried(received.size, copies))  # before any look-up
         links = await links_of(message, sender, bus_id, now, store=self._store, codes_of=self._checks.codes)
         routed = [route(self._topology, recipient) for recipient in links.recipients]
         if not local_only:
@@ -226,7 +227,7 @@ class Intake:
                 )
             # From the national axis only this province's copies are made here: a national broadcast
             # to thousands is fine as long as few of them are ours.
-            self._checks.refuse_fan_out(len(destinations), received.size)
+            self._checks.refuse_fan_out(len(destinations), self._carried(received.size, len(destinations)))
         recipients = [str(d.addressed_to) for d in destinations]
         earlier = await self._store.begin_accept(
             record, [(str(d.addressed_to), d.kind.value) for d in destinations], related=links.related
@@ -275,15 +276,23 @@ class Intake:
         out.seek(0)
         return BodyRef(written.sha256, written.size)
 
+    def _carried(self, size: int, copies: int) -> int:
+        """The bytes each copy carries through RabbitMQ: the envelope when it travels inline, next to
+        nothing when the copies carry a reference to the body store (the fan-out cap counts these)."""
+        return size if self._inline(size, copies) else 0
+
+    def _inline(self, size: int, copies: int) -> bool:
+        policy = self._body_policy
+        return self._bodies is None or (
+            size <= policy.inline_max_bytes and copies <= policy.inline_max_recipients
+        )
+
     async def _claim_check(
         self, ref: BodyRef, sealed: IO[bytes], bus_id: str, copies: int
     ) -> tuple[bytes, BodyRef | None]:
         """What each copy carries: the envelope, or (stored once, before anything is published, so that
         no reference ever names a body the store lacks) an empty body and its reference."""
-        policy = self._body_policy
-        if self._bodies is None or (
-            ref.size <= policy.inline_max_bytes and copies <= policy.inline_max_recipients
-        ):
+        if self._bodies is None or self._inline(ref.size, copies):
             return sealed.read(), None
         await self._bodies.put_body(ref, sealed, bus_id=bus_id)
         return b"", ref

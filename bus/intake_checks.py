@@ -179,7 +179,8 @@ class IntakeChecks:
 
     def refuse_fan_out(self, copies: int, size: int) -> None:
         """Each recipient is a copy to keep and deliver: bound how many, and how many bytes, one
-        envelope may make (one 213 KB envelope to 2,000 codes made ~430 MB in RabbitMQ)."""
+        envelope may make (one 213 KB envelope to 2,000 codes made ~430 MB in RabbitMQ). *size* is
+        what each copy carries: 0 for copies that carry a reference to the body store."""
         policy = self._policy
         if copies > policy.max_recipients:
             why = (

@@ -14,7 +14,7 @@ from adapters.national_axis import CircuitBreaker, RelayOut
 from adapters.rabbitmq.headers import BODY_SHA256_HEADER, BODY_SIZE_HEADER, from_amqp, to_amqp
 from adapters.rabbitmq.inbox import InboxWorker
 from bus.delivery import InboxItem
-from bus.errors import PoisonMessageError
+from bus.errors import EnvelopeInvalidError, PoisonMessageError
 from bus.headers import BodyRef, BusHeaders
 from bus.intake import BodyPolicy, Intake, IntakePolicy, NodeIdentity
 from bus.organ_id import OrganId
@@ -220,3 +220,29 @@ async def test_the_relay_sends_the_envelope_read_from_the_body_store() -> None:
     assert kept.headers[BODY_SHA256_HEADER] == SHA
     assert any(entry[0] == "dead_letter" and "not in the body store" in str(entry) for entry in journal)
     assert relay.attempts == 1  # the dangling one never reached the axis
+
+
+async def test_the_fan_out_byte_cap_counts_only_copies_that_carry_the_envelope(
+    topology: Topology, pki: Pki
+) -> None:
+    """100 MB to 50 communes is 50 references in RabbitMQ, not 5 GB: only inline copies count."""
+    home = OrganId.parse("000.00.01.H99")
+    big = make_document(str(home), DISTRICTS, 95, padding=200_000)
+    node = NodeIdentity(OrganId.parse("000.00.90.H99"), pki.ec.key, pki.ec.certificate)
+    tight = IntakePolicy(max_fanout_bytes=300_000)  # under 3 copies of the envelope
+    policy = BodyPolicy(inline_max_bytes=64 * 1024, inline_max_recipients=2)
+    by_reference = Intake(
+        topology,
+        node,
+        FakeIntakePublisher(),
+        FakeStore(),
+        tight,
+        clock=lambda: NOW,
+        bodies=FakeBodies(),
+        body_policy=policy,
+    )
+    accepted = await by_reference.accept(big, sender=home)
+    assert len(accepted.destinations) == 3
+    inline = Intake(topology, node, FakeIntakePublisher(), FakeStore(), tight, clock=lambda: NOW)
+    with pytest.raises(EnvelopeInvalidError, match=r"intake\.max_fanout_bytes"):  # full copies: refused
+        await inline.accept(big, sender=home)
