@@ -6,7 +6,9 @@ Not a test. Run ``.venv/bin/python -m bench.bench_e2e`` (RabbitMQ with its manag
 PostgreSQL up: scripts/services.sh) and copy the table into docs/performance.md. ``--smoke`` runs every
 row with a handful of envelopes (tests/integration/test_bench_smoke.py: the benchmark must keep running;
 its figures mean nothing). It deletes its queues, exchanges, broker users, database and files when it
-ends, fails or is interrupted (SIGINT).
+ends, fails or is interrupted (SIGINT); whatever is left under its broker prefixes then goes through
+RabbitMQ's management API, which answers even when the broker takes no new AMQP connection (see
+:func:`sweep`).
 
 * **bus (a) HTTP push + HTTP pull, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus
   serve`` processes over HTTP (the province must sign, so each signature is verified, then traced and
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -358,29 +361,60 @@ def make_amqp_users(config: Path) -> None:
         raise RuntimeError(f"bus amqp-users exited {made.returncode}: {made.stderr.strip()}")
 
 
-async def delete_amqp_agencies(settings: Settings) -> None:
-    """What the AMQP agencies add to a node's broker objects (the agency intake and acknowledgements,
-    exchanges and queues; each agency's delivery queue), and every broker user of the bench's prefix."""
+async def delete_amqp_objects(settings: Settings) -> None:
+    """What the AMQP agencies add to a node's broker objects: the agency intake and acknowledgements
+    (exchanges and queues) and each agency's delivery queue."""
     names = BrokerNames(settings.amqp.prefix)
+    connection = await aio_pika.connect(settings.amqp.url, timeout=10)
     try:
-        connection = await aio_pika.connect(settings.amqp.url, timeout=10)
-        try:
-            channel = await connection.channel()
-            for agency in settings.agencies:
-                await channel.queue_delete(names.agency_queue(agency.organ_id))  # none there: no error
-            for name in (names.agency_intake, names.agency_acks):
-                await channel.queue_delete(name)
-                await channel.exchange_delete(name)
-        finally:
-            await connection.close()
+        channel = await connection.channel()
+        for agency in settings.agencies:
+            await channel.queue_delete(names.agency_queue(agency.organ_id))  # none there: no error
+        for name in (names.agency_intake, names.agency_acks):
+            await channel.queue_delete(name)
+            await channel.exchange_delete(name)
     finally:
-        api = management_api(settings)
-        try:
-            for user in await api.users():
-                if str(user.get("name", "")).startswith(f"{names.prefix}."):
-                    await api.delete_user(str(user["name"]))
-        finally:
-            await api.aclose()
+        await connection.close()
+
+
+async def sweep(settings: Settings, prefix: str) -> list[str]:
+    """Delete every queue, exchange and broker user whose name starts with *prefix* through RabbitMQ's
+    management API; what it deleted. The bench's last clean-up, and the one that works when the broker
+    takes no new AMQP connection: with RabbitMQ's default 1024 open files, some 300 quorum queues
+    reserve all its file handles and a new connection waits for one forever (until queues are deleted)."""
+    api = management_api(settings)
+    http = api._http  # the same credentials and base URL as bus amqp-users
+    vhost = quote(api.vhost, safe="")
+    deleted = []
+    try:
+        for kind in ("queues", "exchanges"):
+            listed = await http.get(f"/{kind}/{vhost}", params={"columns": "name"})
+            listed.raise_for_status()
+            for entry in listed.json():
+                if str(entry["name"]).startswith(prefix):
+                    gone = await http.delete(f"/{kind}/{vhost}/{quote(str(entry['name']), safe='')}")
+                    gone.raise_for_status()
+                    deleted.append(f"{kind[:-1]} {entry['name']}")
+        for user in await api.users():
+            if str(user.get("name", "")).startswith(prefix):
+                await api.delete_user(str(user["name"]))
+                deleted.append(f"user {user['name']}")
+    finally:
+        await api.aclose()
+    return deleted
+
+
+async def clean_up(settings: Settings, prefix: str, over_amqp: Callable[[], Awaitable[None]]) -> None:
+    """*over_amqp* (the usual deletions), then :func:`sweep` of *prefix* for whatever is left; a queue or
+    exchange the sweep finds is said on stderr (the AMQP deletions missed it, or could not run)."""
+    try:
+        await over_amqp()
+    except Exception as exc:  # not CancelledError: an interrupted clean-up still ends in the sweep
+        print(f"  clean-up over AMQP failed ({exc!r}); sweeping {prefix}*", file=sys.stderr, flush=True)
+    finally:
+        left = [name for name in await sweep(settings, prefix) if not name.startswith("user ")]
+        if left:
+            print(f"  deleted through the management API: {', '.join(left)}", file=sys.stderr, flush=True)
 
 
 async def amqp_run(
@@ -480,7 +514,7 @@ async def amqp_run(
     return run
 
 
-async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
+async def raw_run(settings: Settings, label: str, count: int, queues: int, concurrency: int) -> Run:
     """Publish *count* 8 KB messages with confirms (``concurrency`` in flight) and consume with acks."""
     body = os.urandom(8000)
     prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
@@ -508,7 +542,7 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
                 mandatory=True,
             )
 
-    connection = await aio_pika.connect_robust(AMQP_URL)
+    connection = await aio_pika.connect(AMQP_URL, timeout=15)  # fails, rather than retry forever
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
         consume_channel = await connection.channel()
@@ -526,12 +560,18 @@ async def raw_run(label: str, count: int, queues: int, concurrency: int) -> Run:
         seconds = time.perf_counter() - started
     finally:
         await connection.close()  # consumers first, or the broker cancels them as their queues go
-        admin = await aio_pika.connect(AMQP_URL)
-        cleanup = await admin.channel()
-        for name in names:
-            await cleanup.queue_delete(name)
-        await cleanup.exchange_delete(prefix)
-        await admin.close()
+
+        async def delete() -> None:
+            admin = await aio_pika.connect(AMQP_URL, timeout=10)
+            try:
+                cleanup = await admin.channel()
+                for name in names:
+                    await cleanup.queue_delete(name)
+                await cleanup.exchange_delete(prefix)
+            finally:
+                await admin.close()
+
+        await clean_up(settings, prefix, delete)
     print(f"  {label}: {count} messages in {seconds:.1f} s", file=sys.stderr, flush=True)
     return Run(label, count, expected, seconds, latencies)
 
@@ -568,18 +608,21 @@ async def main(args: argparse.Namespace) -> list[Run]:
                     if args.database == "postgresql"
                     else None
                 )
-                return await _runs(args, servers, AmqpAgencies(settings), pki, Counters(dsn))
+                return await _runs(args, settings, servers, AmqpAgencies(settings), pki, Counters(dsn))
             finally:
                 for server in servers:
                     server.stop()
-                try:
+
+                async def delete() -> None:
                     await delete_broker_objects(settings)
-                finally:
-                    await delete_amqp_agencies(settings)
+                    await delete_amqp_objects(settings)
+
+                await clean_up(settings, f"{settings.amqp.prefix}.", delete)  # the users too
 
 
 async def _runs(
     args: argparse.Namespace,
+    settings: Settings,
     servers: list[ServeProcess],
     agencies: AmqpAgencies,
     pki: Path,
@@ -597,7 +640,7 @@ async def _runs(
     for _ in range(args.repeat):
         for concurrency in (1, c):
             n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
-            raw = await raw_run(f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency)
+            raw = await raw_run(settings, f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency)
             runs.append(raw)
             http = f"bus (a) HTTP push + HTTP pull, 8 KB signed, {concurrency} in flight"
             runs.append(await bus_run(http, servers, pki, local, n, concurrency, counters))
@@ -605,7 +648,9 @@ async def _runs(
             runs.append(await amqp_run(amqp, servers, agencies, pki, over_amqp, n, concurrency, counters))
             for run in runs[-2:]:
                 run.baseline = raw.label
-        raw = await raw_run(f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c)
+        raw = await raw_run(
+            settings, f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c
+        )
         runs.append(raw)
         runs.append(
             await bus_run(
