@@ -27,6 +27,7 @@ from entrypoints.cli_amqp import add_commands as add_amqp_commands
 from entrypoints.cli_axis import add_commands as add_axis_commands
 from entrypoints.cli_operator import add_commands as add_operator_commands
 from entrypoints.cli_service import add_commands
+from entrypoints.cli_status import add_commands as add_status_commands
 
 __all__ = ["main"]
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki_init.set_defaults(handler=cmd_pki_init)
 
     add_commands(commands)
+    add_status_commands(commands)
     add_operator_commands(commands)
     add_axis_commands(commands)
     add_amqp_commands(commands)
