@@ -24,6 +24,11 @@ class AuthState(StoreBase):
         self._nonces_waiting: list[_NonceAsk] = []
         self._nonce_writer: asyncio.Task[None] | None = None
 
+    async def close(self) -> None:
+        if self._nonce_writer is not None and not self._nonce_writer.done():
+            await asyncio.wait([self._nonce_writer])  # the nonces under way are written first
+        await super().close()
+
     async def revoke_session(self, token: str, until: dt.datetime) -> None:
         """An operator logged out: the dashboard session *token* is refused by every process until
         *until* (its expiry), after which the row is cleaned up with the old request nonces."""

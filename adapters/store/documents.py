@@ -47,6 +47,10 @@ class Documents(TimelineWriter):
         # Concurrent intakes share transactions (adapters/store/group_commit.py).
         self._intakes = GroupCommit(self._begin)
 
+    async def close(self) -> None:
+        await self._intakes.idle()  # a shared transaction under way finishes before the engine goes
+        await super().close()
+
     async def begin_accept(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None
     ) -> str | None:

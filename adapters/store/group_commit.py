@@ -53,6 +53,11 @@ class GroupCommit:
             self._writer = asyncio.create_task(self._drain())
         return await asyncio.shield(waiting.result)
 
+    async def idle(self) -> None:
+        """Wait until no transaction of this group is under way (the store waits before it closes)."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait([self._writer])
+
     async def _drain(self) -> None:
         while self._waiting:
             batch = self._waiting[:_WRITES_PER_TRANSACTION]
