@@ -150,15 +150,27 @@ async def test_status_watch_refreshes_until_every_recipient_is_final(
     sent = bus("send", "--config", str(config), "--as", "000.00.01.H99", str(envelope))
     assert sent.returncode == 0, sent.stderr
     watcher = _spawn_watch(config, sent.stdout.strip())
+    shown: list[str] = []
+
+    async def first_table() -> None:
+        assert watcher.stdout is not None
+        while True:
+            line = await asyncio.to_thread(watcher.stdout.readline)
+            shown.append(line)
+            if not line or "nơi nhận đã xong" in line:
+                return
+
     try:
-        await asyncio.sleep(1.0)
+        # Acknowledge only once the first table is out (a slow start must not see the final state).
+        await asyncio.wait_for(first_table(), timeout=60)
         assert watcher.poll() is None  # still waiting: the recipient has not acknowledged
         for _ in range(50):
             pulled = bus("inbox", "--config", str(config), "--as", "000.00.22.H99", "--ack", "done")
             if "acknowledged" in pulled.stderr:
                 break
             await asyncio.sleep(0.2)
-        out, err = watcher.communicate(timeout=30)
+        rest, err = watcher.communicate(timeout=30)
+        out = "".join(shown) + rest
     finally:
         if watcher.poll() is None:
             watcher.kill()
