@@ -52,6 +52,11 @@ class _Section(BaseModel):
 
 class AmqpSettings(_Section):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # A RabbitMQ cluster: every node's URL. A gateway connects to one (the first that answers, from a
+    # place in the list of its own) and on its loss to another. Empty: ``url`` alone.
+    nodes: list[str] = []
+    # Members of each quorum queue: three for a three-node cluster; a single node holds one.
+    quorum_replicas: int = Field(default=3, ge=1, le=9)
     prefix: str = "bus"  # every exchange and queue of this axis is named under it
     publish_timeout_s: float = 30.0
     prefetch: int = 64  # unacknowledged inbox messages one worker holds at a time

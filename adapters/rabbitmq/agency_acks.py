@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -60,7 +60,7 @@ _FINAL = frozenset({DeliveryState.DONE, DeliveryState.FAIL})
 
 class AckStorePort(Protocol):
     async def deliveries(self, bus_id: str) -> list[DeliveryRow]: ...
-    async def record(self, event: TimelineEvent, *, key: str) -> bool: ...
+    async def record_many(self, keyed: Sequence[tuple[TimelineEvent, str]]) -> list[bool]: ...
 
 
 def read_acknowledgement(body: bytes, *, max_reason_chars: int) -> tuple[str, Acknowledgement]:
@@ -160,18 +160,21 @@ class AgencyAcks(QueueConsumer[None]):
             return Refusal(404, "not-found", f"no envelope {bus_id} delivered to {agency.organ_id}")
         now = self._clock()
         mine = f"{bus_id}|{row.recipient}"  # the delivery's message id: its events' keys start with it
-        # The keys of the inbox store's events (adapters/store/inbox.py), so each is written once.
-        await self._store.record(
-            TimelineEvent(bus_id, row.recipient, DeliveryState.FETCHED, now), key=f"{mine}|fetched"
-        )
+        # The keys of the inbox store's events (adapters/store/inbox.py), so each is written once;
+        # fetched and the acknowledgement in one call: one transaction, shared with other messages'.
+        fetched = TimelineEvent(bus_id, row.recipient, DeliveryState.FETCHED, now)
         event = TimelineEvent(bus_id, row.recipient, ack.state, now, ack.reason)
         if ack.state is DeliveryState.PROCESSING:
             if row.state in _FINAL:
                 _confirm(bus_id, ack, row.state.value)
-            await self._store.record(event, key=f"{mine}|ack|processing")
-        elif not await self._store.record(event, key=f"{mine}|ack|final"):
-            after = _delivery(await self._store.deliveries(bus_id), codes)
-            _confirm(bus_id, ack, after.state.value if after is not None else None)
+            await self._store.record_many([(fetched, f"{mine}|fetched"), (event, f"{mine}|ack|processing")])
+        else:
+            _, added = await self._store.record_many(
+                [(fetched, f"{mine}|fetched"), (event, f"{mine}|ack|final")]
+            )
+            if not added:
+                after = _delivery(await self._store.deliveries(bus_id), codes)
+                _confirm(bus_id, ack, after.state.value if after is not None else None)
         log.info(
             "agency_acks.acknowledged",
             bus_id=bus_id,

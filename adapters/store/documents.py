@@ -7,16 +7,46 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.store.base import utc
-from adapters.store.group_commit import GroupCommit
+from adapters.store.group_commit import BatchCommit
 from adapters.store.tables import deliveries, documents, events
 from adapters.store.timelines import TimelineWriter
 from bus.delivery import AcceptedDocument, DeliveryRow, DeliveryState, TimelineEvent
 
 __all__ = ["Documents"]
+
+Begin = tuple[
+    AcceptedDocument, Sequence[tuple[str, str]], str | None
+]  # document, (recipient, route)s, related
+Confirm = tuple[
+    AcceptedDocument,
+    Sequence[str],
+    Sequence[tuple[TimelineEvent, str]],
+    tuple[str, Sequence[str], str] | None,
+]
+
+# PostgreSQL: a batch of intakes is a few statements of fixed text, whatever its size (as the events in
+# adapters/store/timelines.py). Documents already there (a retry, a duplicate) are not returned.
+_PG_INSERT_DOCUMENTS = text(
+    "INSERT INTO documents (bus_id, kind, sender, document_id, business_type, code, subject, accepted_at, "
+    "envelope_sha256, dedupe_key, confirmed, related_bus_id) "
+    "SELECT b, k, s, d, t, c, j, a, h, q, false, r FROM unnest(CAST(:bus AS varchar[]), "
+    "CAST(:kind AS varchar[]), CAST(:sender AS varchar[]), CAST(:document AS varchar[]), "
+    "CAST(:type AS integer[]), CAST(:code AS varchar[]), CAST(:subject AS text[]), "
+    "CAST(:at AS timestamptz[]), CAST(:sha AS varchar[]), CAST(:key AS varchar[]), "
+    "CAST(:related AS varchar[])) AS v(b, k, s, d, t, c, j, a, h, q, r) "
+    "ON CONFLICT DO NOTHING RETURNING bus_id"
+)
+_PG_INSERT_DELIVERIES = text(
+    "INSERT INTO deliveries (bus_id, recipient, route, state, updated_at) "
+    "SELECT * FROM unnest(CAST(:bus AS varchar[]), CAST(:recipient AS varchar[]), "
+    "CAST(:route AS varchar[]), CAST(:state AS varchar[]), CAST(:at AS timestamptz[])) "
+    "ON CONFLICT DO NOTHING"
+)
+_PG_CONFIRM = text("UPDATE documents SET confirmed = true WHERE bus_id = ANY(CAST(:bus AS varchar[]))")
 
 
 def _document(row: Any) -> AcceptedDocument:
@@ -33,6 +63,16 @@ def _document(row: Any) -> AcceptedDocument:
     )
 
 
+def _accepted(document: AcceptedDocument, recipients: Sequence[str]) -> list[tuple[TimelineEvent, str]]:
+    return [
+        (
+            TimelineEvent(document.bus_id, recipient, DeliveryState.ACCEPTED, document.accepted_at),
+            f"{document.bus_id}|{recipient}|accepted",
+        )
+        for recipient in recipients
+    ]
+
+
 class Documents(TimelineWriter):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
@@ -44,11 +84,17 @@ class Documents(TimelineWriter):
         self._q_confirm = (
             update(documents).where(documents.c.bus_id == bindparam("p_bus")).values(confirmed=True)
         )
-        # Concurrent intakes share transactions (adapters/store/group_commit.py).
-        self._intakes = GroupCommit(self._begin)
+        self._q_dedupe_many = select(
+            documents.c.bus_id, documents.c.confirmed, documents.c.envelope_sha256, documents.c.dedupe_key
+        ).where(documents.c.dedupe_key.in_(bindparam("p_keys", expanding=True)))
+        # Concurrent intakes share transactions and statements (adapters/store/group_commit.py).
+        self._begins: BatchCommit[Begin, str | None] = BatchCommit(self._begin, self._begin_many)
+        self._confirms: BatchCommit[Confirm, None] = BatchCommit(self._begin, self._confirm_many)
 
     async def close(self) -> None:
-        await self._intakes.idle()  # a shared transaction under way finishes before the engine goes
+        # the shared transactions under way finish before the engine goes
+        await self._begins.idle()
+        await self._confirms.idle()
         await super().close()
 
     async def begin_accept(
@@ -63,10 +109,60 @@ class Documents(TimelineWriter):
         other bytes: the caller refuses the envelope (duplicate or conflicting retry).
         """
 
-        async def write(conn: AsyncConnection) -> str | None:
-            return await self._begin_accept(conn, document, recipients, related)
+        return await self._begins.run((document, recipients, related))
 
-        return await self._intakes.run(write)
+    async def _begin_many(self, conn: AsyncConnection, batch: list[Begin]) -> list[str | None]:
+        if not self._set_based:
+            return [await self._begin_accept(conn, d, r, related) for d, r, related in batch]
+        found = await conn.execute(
+            _PG_INSERT_DOCUMENTS,
+            {
+                "bus": [d.bus_id for d, _, _ in batch],
+                "kind": [d.kind for d, _, _ in batch],
+                "sender": [d.sender for d, _, _ in batch],
+                "document": [d.document_id for d, _, _ in batch],
+                "type": [d.business_type for d, _, _ in batch],
+                "code": [d.code for d, _, _ in batch],
+                "subject": [d.subject for d, _, _ in batch],
+                "at": [d.accepted_at for d, _, _ in batch],
+                "sha": [d.envelope_sha256 for d, _, _ in batch],
+                "key": [d.dedupe_key for d, _, _ in batch],
+                "related": [related for _, _, related in batch],
+            },
+        )
+        inserted = {bus_id for (bus_id,) in found}
+        # Not inserted: an earlier attempt of the same document, or an earlier document (or one of
+        # this batch, sent twice at once): which one?
+        earlier = {}
+        missing = [d.dedupe_key for d, _, _ in batch if d.bus_id not in inserted]
+        if missing:
+            earlier = {r.dedupe_key: r for r in await conn.execute(self._q_dedupe_many, {"p_keys": missing})}
+        results: list[str | None] = []
+        rows: list[tuple[str, str, str, dt.datetime]] = []
+        for document, recipients, _ in batch:
+            bus_id = document.bus_id
+            if bus_id not in inserted:  # (the same bytes twice in the batch: both go on, as in turn)
+                row = earlier[document.dedupe_key]
+                # Confirmed: a duplicate. Unconfirmed but other bytes: an attempt that may have reached
+                # some recipients with different content; retrying must resend the same.
+                if row.confirmed or row.envelope_sha256 != document.envelope_sha256:
+                    results.append(str(row.bus_id))
+                    continue
+                bus_id = row.bus_id
+            rows += [(bus_id, recipient, route, document.accepted_at) for recipient, route in recipients]
+            results.append(None)
+        if rows:
+            await conn.execute(
+                _PG_INSERT_DELIVERIES,
+                {
+                    "bus": [b for b, _, _, _ in rows],
+                    "recipient": [r for _, r, _, _ in rows],
+                    "route": [route for _, _, route, _ in rows],
+                    "state": [DeliveryState.ACCEPTED.value] * len(rows),
+                    "at": [at for _, _, _, at in rows],
+                },
+            )
+        return results
 
     async def _begin_accept(
         self,
@@ -131,10 +227,26 @@ class Documents(TimelineWriter):
         code)``: the recipient's delivery of the related document shows the code.
         """
 
-        async def write(conn: AsyncConnection) -> None:
-            await self._confirm_accept(conn, document, recipients, links, business_status)
+        await self._confirms.run((document, recipients, links, business_status))
 
-        await self._intakes.run(write)
+    async def _confirm_many(self, conn: AsyncConnection, batch: list[Confirm]) -> list[None]:
+        if not self._set_based:
+            for document, recipients, links, business_status in batch:
+                await self._confirm_accept(conn, document, recipients, links, business_status)
+            return [None] * len(batch)
+        await conn.execute(_PG_CONFIRM, {"bus": [document.bus_id for document, _, _, _ in batch]})
+        await self._events(
+            conn,
+            [
+                keyed
+                for document, recipients, links, _ in batch
+                for keyed in (*_accepted(document, recipients), *links)
+            ],
+        )
+        for document, _, _, business_status in batch:
+            if business_status is not None:
+                await self._business_status(conn, document, business_status)
+        return [None] * len(batch)
 
     async def _confirm_accept(
         self,
@@ -145,21 +257,22 @@ class Documents(TimelineWriter):
         business_status: tuple[str, Sequence[str], str] | None,
     ) -> None:
         await conn.execute(self._q_confirm, {"p_bus": document.bus_id})
-        accepted = [
-            (
-                TimelineEvent(document.bus_id, recipient, DeliveryState.ACCEPTED, document.accepted_at),
-                f"{document.bus_id}|{recipient}|accepted",
-            )
-            for recipient in recipients
-        ]
-        await self._events(conn, [*accepted, *links])
+        await self._events(conn, [*_accepted(document, recipients), *links])
         if business_status is not None:
-            related, codes, code = business_status
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.bus_id == related, deliveries.c.recipient.in_(list(codes)))
-                .values(business_status=code, updated_at=document.accepted_at)
-            )
+            await self._business_status(conn, document, business_status)
+
+    async def _business_status(
+        self,
+        conn: AsyncConnection,
+        document: AcceptedDocument,
+        business_status: tuple[str, Sequence[str], str],
+    ) -> None:
+        related, codes, code = business_status
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.bus_id == related, deliveries.c.recipient.in_(list(codes)))
+            .values(business_status=code, updated_at=document.accepted_at)
+        )
 
     async def record_accepted(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]]
@@ -195,14 +308,6 @@ class Documents(TimelineWriter):
                 .order_by(deliveries.c.recipient)
             )
             return bus_id, [r for (r,) in recipients]
-
-    async def record(self, event: TimelineEvent, *, key: str) -> bool:
-        """Add *event* (idempotent by *key*) and move the delivery to its state; False if already there."""
-        async with self._begin() as conn:
-            added = await self._event(conn, event, key=key)
-            if added and event.recipient is not None:
-                await self._advance(conn, event)
-            return added
 
     async def document(self, bus_id: str) -> AcceptedDocument | None:
         async with self._connect() as conn:

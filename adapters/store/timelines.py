@@ -1,30 +1,83 @@
 """Writing timeline events, and moving deliveries forward with them: what every aggregate of the store
 does inside its own transactions. Every write is idempotent by the event's key, so that the order "write
 the status, then acknowledge the message" survives a crash between the two without loss or duplicates.
-Which state may replace which is the core's rule (:func:`bus.delivery.replaceable_by`)."""
+Which state may replace which is the core's rule (:func:`bus.delivery.replaceable_by`).
+
+On PostgreSQL a batch of events, however large, is two statements of fixed text (so each is prepared
+once): one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING event_key``, which
+says which events are new, and one ``UPDATE deliveries ... FROM unnest(arrays)`` that moves their
+deliveries, each by its own rule. Issue 12 counted two statements per event before (insert, then
+update), the largest share of the store's round trips. SQLite, the one-machine store, writes them one by
+one.
+
+Concurrent single events (:meth:`TimelineWriter.record`) share transactions and statements
+(:class:`~adapters.store.group_commit.BatchCommit`): the AMQP agencies' ``queued`` events and their
+acknowledgements arrive one message at a time, many at once.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import bindparam, select, tuple_, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.store.base import StoreBase
+from adapters.store.group_commit import BatchCommit
 from adapters.store.tables import deliveries, events
 from bus.delivery import DeliveryState, TimelineEvent, replaceable_by
 
 __all__ = ["TimelineWriter"]
+
+Keyed = tuple[TimelineEvent, str]
 
 
 def _not_after(state: DeliveryState) -> list[str]:
     return [s.value for s in replaceable_by(state)]
 
 
+def _allowed(state: DeliveryState) -> str:
+    """The states *state* may replace, as the set-based update reads them: ``,queued,fetched,``."""
+    return "," + ",".join(_not_after(state)) + ","
+
+
+_PG_INSERT_EVENTS = text(
+    "INSERT INTO events (bus_id, recipient, state, at, detail, event_key) "
+    "SELECT * FROM unnest(CAST(:bus AS varchar[]), CAST(:recipient AS varchar[]), "
+    "CAST(:state AS varchar[]), CAST(:at AS timestamptz[]), CAST(:detail AS text[]), "
+    "CAST(:key AS varchar[])) "
+    "ON CONFLICT DO NOTHING RETURNING event_key"
+)
+
+# One event per delivery in a call (see _layers); each row carries the states it may replace.
+_PG_MOVE = text(
+    "UPDATE deliveries AS d SET state = v.state, updated_at = v.at "
+    "FROM unnest(CAST(:bus AS varchar[]), CAST(:recipient AS varchar[]), CAST(:state AS varchar[]), "
+    "CAST(:at AS timestamptz[]), CAST(:allowed AS text[])) AS v(bus_id, recipient, state, at, allowed) "
+    "WHERE d.bus_id = v.bus_id AND d.recipient = v.recipient "
+    "AND strpos(v.allowed, ',' || d.state || ',') > 0"
+)
+
+
+def _layers(moving: Sequence[TimelineEvent]) -> list[list[TimelineEvent]]:
+    """*moving* cut, in order, into lists with at most one event per delivery: an UPDATE ... FROM moves
+    each row once, so a delivery's second event of a batch (fetched, then done) goes in a second one."""
+    layers: list[list[TimelineEvent]] = []
+    depth: dict[tuple[str, str | None], int] = {}
+    for event in moving:
+        target = (event.bus_id, event.recipient)
+        index = depth.get(target, 0)
+        depth[target] = index + 1
+        if index == len(layers):
+            layers.append([])
+        layers[index].append(event)
+    return layers
+
+
 class TimelineWriter(StoreBase):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
+        self._set_based = engine.dialect.name == "postgresql"
         # Hot-path statements are built once: SQLAlchemy then reuses their compiled form without
         # rebuilding the statement and its cache key on every call (a large share of the CPU a
         # request costs, measured with bench/bench_e2e.py).
@@ -38,8 +91,79 @@ class TimelineWriter(StoreBase):
             )
             .values(state=bindparam("p_state"), updated_at=bindparam("p_at"))
         )
-        self._q_event_keys = select(events.c.event_key).where(
-            events.c.event_key.in_(bindparam("p_keys", expanding=True))
+        self._records: BatchCommit[Keyed, bool] = BatchCommit(self._begin, self._record_batch)
+
+    async def close(self) -> None:
+        await self._records.idle()  # a shared transaction under way finishes before the engine goes
+        await super().close()
+
+    async def record(self, event: TimelineEvent, *, key: str) -> bool:
+        """Add *event* (idempotent by *key*) and move the delivery to its state; False if already there.
+        Concurrent calls share a transaction."""
+        return await self._records.run((event, key))
+
+    async def record_many(self, keyed: Sequence[Keyed]) -> list[bool]:
+        """Several events, in order, in the same transaction as far as it goes (one per event:
+        added, or there already)."""
+        return await self._records.run_all(keyed)
+
+    async def _record_batch(self, conn: AsyncConnection, keyed: Sequence[Keyed]) -> list[bool]:
+        added = await self._events(conn, keyed)
+        results = []
+        for _, key in keyed:
+            results.append(key in added)
+            added.discard(key)  # the same key twice in a batch: the second was there already
+        return results
+
+    async def _events(self, conn: AsyncConnection, keyed: Sequence[Keyed]) -> set[str]:
+        """Write events (idempotent by key) and move their deliveries forward: the keys added."""
+        unique: dict[str, TimelineEvent] = {}
+        for event, key in keyed:
+            unique.setdefault(key, event)
+        if not unique:
+            return set()
+        if self._set_based:
+            added = await self._insert_events(conn, unique)
+        else:
+            added = {key for key, event in unique.items() if await self._event(conn, event, key=key)}
+        # Deliveries are created in the accepted state: only later states move them.
+        moving = [
+            e
+            for k, e in unique.items()
+            if k in added and e.recipient is not None and e.state is not DeliveryState.ACCEPTED
+        ]
+        for layer in _layers(moving):
+            if self._set_based:
+                await self._move(conn, layer)
+            else:
+                for event in layer:
+                    await self._advance(conn, event)
+        return added
+
+    async def _insert_events(self, conn: AsyncConnection, unique: dict[str, TimelineEvent]) -> set[str]:
+        found = await conn.execute(
+            _PG_INSERT_EVENTS,
+            {
+                "bus": [e.bus_id for e in unique.values()],
+                "recipient": [e.recipient for e in unique.values()],
+                "state": [e.state.value for e in unique.values()],
+                "at": [e.at for e in unique.values()],
+                "detail": [e.detail for e in unique.values()],
+                "key": list(unique),
+            },
+        )
+        return {key for (key,) in found}
+
+    async def _move(self, conn: AsyncConnection, layer: Sequence[TimelineEvent]) -> None:
+        await conn.execute(
+            _PG_MOVE,
+            {
+                "bus": [e.bus_id for e in layer],
+                "recipient": [e.recipient for e in layer],
+                "state": [e.state.value for e in layer],
+                "at": [e.at for e in layer],
+                "allowed": [_allowed(e.state) for e in layer],
+            },
         )
 
     async def _advance(self, conn: AsyncConnection, event: TimelineEvent) -> None:
@@ -53,50 +177,6 @@ class TimelineWriter(StoreBase):
                 "p_at": event.at,
             },
         )
-
-    async def _events(self, conn: AsyncConnection, keyed: Sequence[tuple[TimelineEvent, str]]) -> None:
-        """Write events (idempotent by key) and move their deliveries forward, few statements for many."""
-        if not keyed:
-            return
-        if len(keyed) == 1:
-            event, key = keyed[0]
-            added = await self._event(conn, event, key=key)
-            # Deliveries are created in the accepted state: only later states move them.
-            if added and event.recipient is not None and event.state is not DeliveryState.ACCEPTED:
-                await self._advance(conn, event)
-            return
-        keys = [key for _, key in keyed]
-        already = {k for (k,) in await conn.execute(self._q_event_keys, {"p_keys": keys})}
-        new = [(e, k) for e, k in keyed if k not in already]
-        if not new:
-            return
-        await conn.execute(
-            self._ins_events,
-            [
-                {
-                    "bus_id": e.bus_id,
-                    "recipient": e.recipient,
-                    "state": e.state.value,
-                    "at": e.at,
-                    "detail": e.detail,
-                    "event_key": k,
-                }
-                for e, k in new
-            ],
-        )
-        groups: dict[tuple[DeliveryState, dt.datetime], list[tuple[str, str]]] = {}
-        for event, _ in new:
-            if event.recipient is not None and event.state is not DeliveryState.ACCEPTED:
-                groups.setdefault((event.state, event.at), []).append((event.bus_id, event.recipient))
-        for (state, at), pairs in groups.items():
-            await conn.execute(
-                update(deliveries)
-                .where(
-                    tuple_(deliveries.c.bus_id, deliveries.c.recipient).in_(pairs),
-                    deliveries.c.state.in_(_not_after(state)),
-                )
-                .values(state=state.value, updated_at=at)
-            )
 
     async def _event(self, conn: AsyncConnection, event: TimelineEvent, *, key: str) -> bool:
         result = await conn.execute(

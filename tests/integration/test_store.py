@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -233,6 +235,11 @@ async def test_a_store_whose_database_is_down_raises_store_unavailable(kind: str
             assert "pg-secret-77" not in str(raised.value), name  # the URL without its password
     finally:
         await store.close()
+        # aiosqlite stops the thread of a connection that failed to open without waiting for it; the
+        # thread then answers on this event loop, which must still be open (else the next test fails).
+        for thread in threading.enumerate():
+            if "_connection_worker_thread" in thread.name:
+                await asyncio.to_thread(thread.join, 5)
 
 
 async def test_a_dropped_connection_is_unavailable_and_the_next_call_reconnects(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import pytest_asyncio
 from sqlalchemy import event
 
 from adapters.store import StatusStore
-from bus.delivery import AcceptedDocument, DeliveryState
+from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
+from bus.errors import StoreError
 from tests.integration.conftest import fresh_database
 from tests.integration.dashboard_seed import engine_of
 
@@ -71,3 +72,75 @@ async def test_concurrent_intakes_share_commits_and_lose_nothing(store: StatusSt
         *(store.begin_accept(_document(n), routes) for n in (60, 61)),
     )
     assert again == [documents[3].bus_id, None, None]
+
+
+async def _record(store: StatusStore, keyed: tuple[TimelineEvent, str]) -> bool:
+    event, key = keyed
+    return await store.record(event, key=key)
+
+
+async def test_concurrent_events_share_commits_and_each_moves_its_delivery_by_the_rules(
+    store: StatusStore,
+) -> None:
+    routes = [("000.00.21.H99", "local"), ("000.01.21.H99", "local")]
+    documents = [_document(100 + n) for n in range(20)]
+    for document in documents:
+        assert await store.record_accepted(document, routes)
+    commits: list[int] = []
+    event.listen(engine_of(store).sync_engine, "commit", lambda _conn: commits.append(1))
+    later = AT + dt.timedelta(minutes=1)
+
+    def step(document: AcceptedDocument, recipient: str, state: DeliveryState) -> tuple[TimelineEvent, str]:
+        return (
+            TimelineEvent(document.bus_id, recipient, state, later),
+            f"{document.bus_id}|{recipient}|{state.value}",
+        )
+
+    first, second = routes[0][0], routes[1][0]
+    # Per document, at once: first recipient queued; second recipient done, then a late queued
+    # (which must not take it back), the same event twice (written once), and fetched + done as one
+    # call (a second layer of the same delivery in one batch).
+    calls = []
+    for document in documents:
+        calls.append(_record(store, step(document, first, DeliveryState.QUEUED)))
+        calls.append(
+            store.record_many(
+                [step(document, second, DeliveryState.FETCHED), step(document, second, DeliveryState.DONE)]
+            )
+        )
+        calls.append(
+            store.record_many(
+                [step(document, second, DeliveryState.QUEUED), step(document, second, DeliveryState.QUEUED)]
+            )
+        )
+    results = await asyncio.gather(*calls)
+    assert results[0::3] == [True] * 20
+    assert results[1::3] == [[True, True]] * 20
+    assert results[2::3] == [[True, False]] * 20  # added once; the repeat in the same call was there
+    assert len(commits) < 20  # sixty calls, one transaction each before
+    for document in documents:
+        rows = {r.recipient: r.state for r in await store.deliveries(document.bus_id)}
+        assert rows == {first: DeliveryState.QUEUED, second: DeliveryState.DONE}
+        states = sorted(e.state.value for e in await store.timeline(document.bus_id) if e.recipient == second)
+        assert states == ["accepted", "done", "fetched", "queued"]
+    # Written again (a redelivered message): nothing new, nothing moved back.
+    assert await _record(store, step(documents[0], second, DeliveryState.FETCHED)) is False
+
+
+async def test_an_event_that_cannot_be_written_fails_alone(store: StatusStore) -> None:
+    document = _document(200)
+    assert await store.record_accepted(document, [("000.00.21.H99", "local")])
+    good = TimelineEvent(document.bus_id, "000.00.21.H99", DeliveryState.QUEUED, AT)
+    # An event without its time breaks a NOT NULL column, so this write fails, and with it the batch it
+    # shares; each is then written alone, and only this one fails.
+    orphan = TimelineEvent(document.bus_id, "000.01.21.H99", DeliveryState.QUEUED, None)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(
+        store.record(good, key="good|queued"),
+        store.record(orphan, key="orphan|queued"),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is True
+    assert isinstance(outcomes[1], StoreError)
+    assert {r.recipient: r.state for r in await store.deliveries(document.bus_id)} == {
+        "000.00.21.H99": DeliveryState.QUEUED
+    }

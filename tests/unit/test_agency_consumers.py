@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -309,6 +309,9 @@ class FakeAckStore:
                 row.recipient, row.route, event.state, event.at
             )
         return True
+
+    async def record_many(self, keyed: Sequence[tuple[TimelineEvent, str]]) -> list[bool]:
+        return [await self.record(event, key=key) for event, key in keyed]
 
     @property
     def state(self) -> DeliveryState:
