@@ -39,6 +39,7 @@ import contextlib
 import importlib.util
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -106,6 +107,8 @@ class Run:
     # the raw loop has no bus and no database).
     bus_cpu_s: float | None = None
     generator_cpu_s: float | None = None
+    broker_cpu_s: float | None = None  # RabbitMQ (the node listening on the bench's AMQP port)
+    database_cpu_s: float | None = None  # PostgreSQL (every server process, and those that ended)
     commits: int | None = None
     statements: int | None = None
     # A bus row's raw aio-pika row (same bodies' size and concurrency), for "X% of the raw loop".
@@ -124,6 +127,46 @@ def _process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of *pid* so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_with_children_s(pid: int) -> float:
+    """As :func:`_process_cpu_s`, with the CPU of its children that ended (PostgreSQL's backends)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int | None:
+    """The process listening on the bench's AMQP port (``ss``), or None."""
+    port = urlsplit(AMQP_URL).port or 5672
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"pid=(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+def _services_cpu_s() -> tuple[float | None, float | None]:
+    """CPU seconds so far of RabbitMQ and of PostgreSQL (None where not found: not on this machine)."""
+    broker = _broker_pid()
+    database: float | None = None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            text = stat.read_text()
+            if "(postgres)" in text:
+                pid = int(stat.parent.name)
+                # the postmaster (its parent is not postgres) also counts its ended children
+                parent = int(text.rsplit(")", 1)[1].split()[1])
+                own = _process_cpu_s(pid)
+                if "(postgres)" not in Path(f"/proc/{parent}/stat").read_text():
+                    own = _process_cpu_with_children_s(pid)
+                database = (database or 0.0) + own
+    try:
+        return (None if broker is None else _process_cpu_s(broker)), database
+    except OSError:
+        return None, database
 
 
 def _servers_cpu_s(servers: list[ServeProcess]) -> float:
@@ -172,10 +215,12 @@ class Meter:
         self.servers = servers
         self.counters = counters or Counters(None)
         self._before: tuple[int | None, int | None, float, float] = (None, None, 0.0, 0.0)
+        self._services_before: tuple[float | None, float | None] = (None, None)
 
     async def start(self) -> None:
         commits, statements = await self.counters.read()
         self._before = (commits, statements, _servers_cpu_s(self.servers), _own_cpu_s())
+        self._services_before = _services_cpu_s()
 
     async def run(
         self, label: str, envelopes: int, deliveries: int, seconds: float, latencies: list[float]
@@ -183,6 +228,10 @@ class Meter:
         commits_before, statements_before, bus_cpu_before, own_cpu_before = self._before
         bus_cpu = _servers_cpu_s(self.servers) - bus_cpu_before
         own_cpu = _own_cpu_s() - own_cpu_before
+        (broker_before, database_before), (broker_after, database_after) = (
+            self._services_before,
+            _services_cpu_s(),
+        )
         commits_after, statements_after = await self.counters.read()
         return Run(
             label,
@@ -192,6 +241,14 @@ class Meter:
             latencies,
             bus_cpu_s=bus_cpu,
             generator_cpu_s=own_cpu,
+            broker_cpu_s=None
+            if broker_after is None or broker_before is None
+            else broker_after - broker_before,
+            database_cpu_s=(
+                None
+                if database_after is None or database_before is None
+                else database_after - database_before
+            ),
             commits=None
             if commits_after is None or commits_before is None
             else commits_after - commits_before,
@@ -594,7 +651,7 @@ async def main(args: argparse.Namespace) -> list[Run]:
             settings = load_settings(settings_file)
             init_pki(settings.topology, pki, progress=lambda _l: None)
             servers = [
-                ServeProcess(settings_file, free_port(), work / f"serve-{i}.log")
+                ServeProcess(settings_file, free_port(), work / f"serve-{i}.log", _sampler(args, i))
                 for i in range(args.processes)
             ]
             try:
@@ -620,6 +677,14 @@ async def main(args: argparse.Namespace) -> list[Run]:
                 await clean_up(settings, f"{settings.amqp.prefix}.", delete)  # the users too
 
 
+def _sampler(args: argparse.Namespace, index: int) -> tuple[str, ...]:
+    """``bus serve`` under bench/cpu_sampler.py when ``--cpu-profile DIR`` is given."""
+    if args.cpu_profile is None:
+        return ()
+    args.cpu_profile.mkdir(parents=True, exist_ok=True)
+    return ("-m", "bench.cpu_sampler", str(args.cpu_profile.resolve() / f"serve-{index}.folded"), "--")
+
+
 async def _runs(
     args: argparse.Namespace,
     settings: Settings,
@@ -633,21 +698,28 @@ async def _runs(
     local = [["000.00.21.H99"], ["000.01.21.H99"], ["000.00.22.H99"], ["000.01.22.H99"]]
     over_amqp = _amqp_recipients()
     communes = [[f"000.{n:02d}.40.H99" for n in range(1, FANOUT + 1)]]
-    await bus_run("warm-up", servers, pki, local, args.warm_up, args.concurrency)
-    await amqp_run("warm-up over AMQP", servers, agencies, pki, over_amqp, args.warm_up, args.concurrency)
+    rows = set(args.rows)
+    if "http" in rows or "fanout" in rows:
+        await bus_run("warm-up", servers, pki, local, args.warm_up, args.concurrency)
+    if "amqp" in rows:
+        await amqp_run("warm-up over AMQP", servers, agencies, pki, over_amqp, args.warm_up, args.concurrency)
     runs: list[Run] = []
     c = args.concurrency
     for _ in range(args.repeat):
-        for concurrency in (1, c):
+        for concurrency in args.in_flight or (1, c):
             n = args.envelopes if concurrency > 1 else max(1, args.envelopes // 4)
             raw = await raw_run(settings, f"raw aio-pika, 8 KB, {concurrency} in flight", n, 1, concurrency)
             runs.append(raw)
-            http = f"bus (a) HTTP push + HTTP pull, 8 KB signed, {concurrency} in flight"
-            runs.append(await bus_run(http, servers, pki, local, n, concurrency, counters))
-            amqp = f"bus (b) AMQP push + AMQP pull, 8 KB signed, {concurrency} in flight"
-            runs.append(await amqp_run(amqp, servers, agencies, pki, over_amqp, n, concurrency, counters))
-            for run in runs[-2:]:
-                run.baseline = raw.label
+            if "http" in rows:
+                http = f"bus (a) HTTP push + HTTP pull, 8 KB signed, {concurrency} in flight"
+                runs.append(await bus_run(http, servers, pki, local, n, concurrency, counters))
+                runs[-1].baseline = raw.label
+            if "amqp" in rows:
+                amqp = f"bus (b) AMQP push + AMQP pull, 8 KB signed, {concurrency} in flight"
+                runs.append(await amqp_run(amqp, servers, agencies, pki, over_amqp, n, concurrency, counters))
+                runs[-1].baseline = raw.label
+        if "fanout" not in rows:
+            continue
         raw = await raw_run(
             settings, f"raw aio-pika, fan-out {FANOUT}, {c} in flight", args.fanout, FANOUT, c
         )
@@ -696,16 +768,18 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     runs = _median_runs(runs)
     print(
         "| run | envelopes | deliveries | envelopes/s | deliveries/s (median of "
-        f"{args.repeat}; all) | p50 ms | p99 ms | bus CPU ms / delivery | generator CPU ms / delivery "
-        "| commits / delivery | statements / delivery |"
+        f"{args.repeat}; all) | p50 ms | p99 ms | CPU ms / delivery: bus | generator | RabbitMQ "
+        "| PostgreSQL | commits / delivery | statements / delivery |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         every = ", ".join(f"{rate:.0f}" for rate in sorted(rates[run.label]))
         print(
             f"| {run.label} | {run.envelopes} | {run.deliveries} | {run.rate:.0f} | "
             f"{run.deliveries / run.seconds:.0f} ({every}) | {run.pct(0.5):.1f} | {run.pct(0.99):.1f} | "
             f"{_per_delivery(run.bus_cpu_s, run, 1000)} | {_per_delivery(run.generator_cpu_s, run, 1000)} | "
+            f"{_per_delivery(run.broker_cpu_s, run, 1000)} | "
+            f"{_per_delivery(run.database_cpu_s, run, 1000)} | "
             f"{_per_delivery(run.commits, run)} | {_per_delivery(run.statements, run)} |"
         )
     print()
@@ -726,6 +800,25 @@ if __name__ == "__main__":
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--warm-up", type=int, default=50, help="envelopes sent before measuring")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each row; the report gives the median")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("http", "amqp", "fanout"),
+        default=["http", "amqp", "fanout"],
+        help="the bus rows to run (each beside its raw loop)",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        nargs="+",
+        help="concurrencies of the 8 KB rows (default 1 and --concurrency)",
+    )
+    parser.add_argument(
+        "--cpu-profile",
+        type=Path,
+        metavar="DIR",
+        help="run bus serve under bench/cpu_sampler.py; DIR gets its stacks and summary",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="a few envelopes per row: checks that the benchmark runs"
     )

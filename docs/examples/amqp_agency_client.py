@@ -137,35 +137,58 @@ class AgencyConnection:
         *,
         idle_s: float = 5.0,
         prefetch: int = 32,
+        concurrency: int = 8,
     ) -> int:
         """Consume the agency's delivery queue until it has been quiet for *idle_s*. *handle* keeps each
         envelope (durably, once: a message may come again after a failure) and returns the state to
         acknowledge it with, or None to acknowledge it later; the message is acknowledged to RabbitMQ
-        after that. Returns how many messages were handled."""
+        after that. Up to *concurrency* envelopes are handled at once (each acknowledgement waits for
+        the axis's answer: one at a time, a busy queue would wait on every round trip). Returns how many
+        messages were handled."""
         if self._connection is None:
             raise RuntimeError("use `async with AgencyConnection(...)`")
         channel = await self._connection.channel()  # its own channel: its own prefetch
-        await channel.set_qos(prefetch_count=prefetch)
+        await channel.set_qos(prefetch_count=max(prefetch, concurrency))
         queue = await channel.get_queue(f"{self.prefix}.agency.{self.agency}", ensure=False)
         handled = 0
+        slots = asyncio.Semaphore(concurrency)
+        working: set[asyncio.Task[None]] = set()
+
+        async def one(message: AbstractIncomingMessage) -> None:
+            nonlocal handled
+            try:
+                state = await handle(message)
+                bus_id = header(message, BUS_ID_HEADER)
+                if state is not None:
+                    answer = await self.acknowledge(bus_id, state)
+                    # 409 already-final: acknowledged before (this is a redelivery). Anything else
+                    # is a bug of ours: keep the message, and stop.
+                    if answer["status"] != 200 and answer.get("error", {}).get("code") != "already-final":
+                        raise RuntimeError(f"the axis refused the acknowledgement of {bus_id}: {answer}")
+                await message.ack()
+                handled += 1
+            finally:
+                slots.release()
+
         try:
             async with queue.iterator() as messages:
                 while True:
+                    await slots.acquire()
+                    for task in [t for t in working if t.done()]:
+                        working.discard(task)
+                        task.result()  # a failed envelope stops the loop, its message unacknowledged
                     try:
                         message = await asyncio.wait_for(messages.__anext__(), idle_s)
                     except (TimeoutError, StopAsyncIteration):
-                        return handled
-                    state = await handle(message)
-                    bus_id = header(message, BUS_ID_HEADER)
-                    if state is not None:
-                        answer = await self.acknowledge(bus_id, state)
-                        # 409 already-final: acknowledged before (this is a redelivery). Anything else
-                        # is a bug of ours: keep the message, and stop.
-                        if answer["status"] != 200 and answer.get("error", {}).get("code") != "already-final":
-                            raise RuntimeError(f"the axis refused the acknowledgement of {bus_id}: {answer}")
-                    await message.ack()
-                    handled += 1
+                        slots.release()
+                        break
+                    working.add(asyncio.create_task(one(message)))
+                if working:  # the envelopes under way finish before the channel closes
+                    await asyncio.gather(*working)
+                return handled
         finally:
+            for task in working:
+                task.cancel()
             with contextlib.suppress(Exception):
                 await channel.close()
 

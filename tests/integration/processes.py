@@ -33,6 +33,8 @@ class ServeProcess:
     config: Path
     port: int
     log: Path
+    # Put before ``-m entrypoints.cli``: bench/cpu_sampler.py's ``-m bench.cpu_sampler OUT --``.
+    python_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -45,6 +47,7 @@ class ServeProcess:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
+                    *self.python_args,
                     "-m",
                     "entrypoints.cli",
                     "serve",
