@@ -58,9 +58,14 @@ _DELIVERED = frozenset(
 _FINAL = frozenset({DeliveryState.DONE, DeliveryState.FAIL})
 
 
+Keyed = tuple[TimelineEvent, str]
+
+
 class AckStorePort(Protocol):
     async def deliveries(self, bus_id: str) -> list[DeliveryRow]: ...
-    async def record_many(self, keyed: Sequence[tuple[TimelineEvent, str]]) -> list[bool]: ...
+    async def record_planned(
+        self, bus_id: str, plan: Callable[[list[DeliveryRow]], tuple[T, Sequence[Keyed]] | None]
+    ) -> tuple[T, list[bool]] | None: ...
 
 
 def read_acknowledgement(body: bytes, *, max_reason_chars: int) -> tuple[str, Acknowledgement]:
@@ -155,26 +160,33 @@ class AgencyAcks(QueueConsumer[None]):
     async def apply(self, agency: Agency, bus_id: str, ack: Acknowledgement) -> dict[str, Any] | Refusal:
         """Write *agency*'s acknowledgement *ack* of envelope *bus_id* (idempotent: safe to repeat)."""
         codes = {str(agency.organ_id), *(str(alias) for alias in agency.aliases)}
-        row = _delivery(await self._store.deliveries(bus_id), codes)
-        if row is None:
-            return Refusal(404, "not-found", f"no envelope {bus_id} delivered to {agency.organ_id}")
         now = self._clock()
-        mine = f"{bus_id}|{row.recipient}"  # the delivery's message id: its events' keys start with it
-        # The keys of the inbox store's events (adapters/store/inbox.py), so each is written once;
-        # fetched and the acknowledgement in one call: one transaction, shared with other messages'.
-        fetched = TimelineEvent(bus_id, row.recipient, DeliveryState.FETCHED, now)
-        event = TimelineEvent(bus_id, row.recipient, ack.state, now, ack.reason)
+
+        def plan(rows: list[DeliveryRow]) -> tuple[DeliveryRow, Sequence[Keyed]] | None:
+            """Read and written in one transaction, shared with other messages'."""
+            row = _delivery(rows, codes)
+            if row is None:
+                return None
+            if ack.state is DeliveryState.PROCESSING and row.state in _FINAL:
+                return row, ()  # refused below: nothing to write
+            mine = f"{bus_id}|{row.recipient}"  # the delivery's message id: its events' keys start with it
+            # The keys of the inbox store's events (adapters/store/inbox.py), so each is written once.
+            final = "processing" if ack.state is DeliveryState.PROCESSING else "final"
+            return row, [
+                (TimelineEvent(bus_id, row.recipient, DeliveryState.FETCHED, now), f"{mine}|fetched"),
+                (TimelineEvent(bus_id, row.recipient, ack.state, now, ack.reason), f"{mine}|ack|{final}"),
+            ]
+
+        written = await self._store.record_planned(bus_id, plan)
+        if written is None:
+            return Refusal(404, "not-found", f"no envelope {bus_id} delivered to {agency.organ_id}")
+        row, added = written
         if ack.state is DeliveryState.PROCESSING:
             if row.state in _FINAL:
                 _confirm(bus_id, ack, row.state.value)
-            await self._store.record_many([(fetched, f"{mine}|fetched"), (event, f"{mine}|ack|processing")])
-        else:
-            _, added = await self._store.record_many(
-                [(fetched, f"{mine}|fetched"), (event, f"{mine}|ack|final")]
-            )
-            if not added:
-                after = _delivery(await self._store.deliveries(bus_id), codes)
-                _confirm(bus_id, ack, after.state.value if after is not None else None)
+        elif not added[1]:
+            after = _delivery(await self._store.deliveries(bus_id), codes)
+            _confirm(bus_id, ack, after.state.value if after is not None else None)
         log.info(
             "agency_acks.acknowledged",
             bus_id=bus_id,

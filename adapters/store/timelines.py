@@ -17,19 +17,31 @@ acknowledgements arrive one message at a time, many at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.store.base import StoreBase
+from adapters.store.base import StoreBase, utc
 from adapters.store.group_commit import BatchCommit
 from adapters.store.tables import deliveries, events
-from bus.delivery import DeliveryState, TimelineEvent, replaceable_by
+from bus.delivery import DeliveryRow, DeliveryState, TimelineEvent, replaceable_by
 
-__all__ = ["TimelineWriter"]
+__all__ = ["Plan", "TimelineWriter"]
 
 Keyed = tuple[TimelineEvent, str]
+T = TypeVar("T")
+# What to write, decided from a document's deliveries as they are in the transaction that writes it:
+# (what the caller gets back, the events), or None to write nothing.
+Plan = Callable[[list[DeliveryRow]], tuple[T, Sequence[Keyed]] | None]
+
+
+class _Planned(Generic[T]):
+    __slots__ = ("bus_id", "plan")
+
+    def __init__(self, bus_id: str, plan: Plan[T]) -> None:
+        self.bus_id, self.plan = bus_id, plan
 
 
 def _not_after(state: DeliveryState) -> list[str]:
@@ -91,11 +103,52 @@ class TimelineWriter(StoreBase):
             )
             .values(state=bindparam("p_state"), updated_at=bindparam("p_at"))
         )
+        self._q_deliveries_of = select(deliveries).where(
+            deliveries.c.bus_id.in_(bindparam("p_ids", expanding=True))
+        )
         self._records: BatchCommit[Keyed, bool] = BatchCommit(self._begin, self._record_batch)
+        self._planned: BatchCommit[_Planned[Any], Any] = BatchCommit(self._begin, self._planned_batch)
 
     async def close(self) -> None:
-        await self._records.idle()  # a shared transaction under way finishes before the engine goes
+        # the shared transactions under way finish before the engine goes
+        await self._records.idle()
+        await self._planned.idle()
         await super().close()
+
+    async def record_planned(self, bus_id: str, plan: Plan[T]) -> tuple[T, list[bool]] | None:
+        """Read *bus_id*'s deliveries and write the events *plan* makes of them, in one transaction
+        shared with concurrent calls (one read and two writes for the lot: the AMQP agencies'
+        acknowledgements). *plan*'s value and, per event, whether it was added; None when *plan* said
+        there is nothing to write."""
+        result: tuple[T, list[bool]] | None = await self._planned.run(_Planned(bus_id, plan))
+        return result
+
+    async def _planned_batch(
+        self, conn: AsyncConnection, batch: list[_Planned[Any]]
+    ) -> list[tuple[Any, list[bool]] | None]:
+        found: dict[str, list[DeliveryRow]] = {}
+        rows = await conn.execute(self._q_deliveries_of, {"p_ids": sorted({item.bus_id for item in batch})})
+        for r in rows:
+            found.setdefault(r.bus_id, []).append(
+                DeliveryRow(
+                    r.recipient, r.route, DeliveryState(r.state), utc(r.updated_at), r.business_status
+                )
+            )
+        plans = [item.plan(sorted(found.get(item.bus_id, []), key=lambda d: d.recipient)) for item in batch]
+        keyed = [k for planned in plans if planned is not None for k in planned[1]]
+        added = await self._events(conn, keyed)
+        results: list[tuple[Any, list[bool]] | None] = []
+        for planned in plans:
+            if planned is None:
+                results.append(None)
+                continue
+            value, mine = planned
+            flags = []
+            for _, key in mine:
+                flags.append(key in added)
+                added.discard(key)
+            results.append((value, flags))
+        return results
 
     async def record(self, event: TimelineEvent, *, key: str) -> bool:
         """Add *event* (idempotent by *key*) and move the delivery to its state; False if already there.

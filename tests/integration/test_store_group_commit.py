@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,8 @@ import pytest_asyncio
 from sqlalchemy import event
 
 from adapters.store import StatusStore
-from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
+from adapters.store.timelines import Plan
+from bus.delivery import AcceptedDocument, DeliveryRow, DeliveryState, TimelineEvent
 from bus.errors import StoreError
 from tests.integration.conftest import fresh_database
 from tests.integration.dashboard_seed import engine_of
@@ -144,3 +145,35 @@ async def test_an_event_that_cannot_be_written_fails_alone(store: StatusStore) -
     assert {r.recipient: r.state for r in await store.deliveries(document.bus_id)} == {
         "000.00.21.H99": DeliveryState.QUEUED
     }
+
+
+async def test_planned_writes_read_and_write_in_shared_transactions(store: StatusStore) -> None:
+    """The AMQP agencies' acknowledgements: each reads its document's deliveries and writes what its
+    plan makes of them, many in one transaction; a plan that finds nothing writes nothing."""
+    documents = [_document(300 + n) for n in range(12)]
+    for document in documents:
+        assert await store.record_accepted(document, [("000.00.21.H99", "local"), ("000.01.21.H99", "local")])
+    commits: list[int] = []
+    event.listen(engine_of(store).sync_engine, "commit", lambda _conn: commits.append(1))
+    later = AT + dt.timedelta(minutes=2)
+
+    def done_for(bus_id: str, code: str) -> Plan[str]:
+        def plan(rows: list[DeliveryRow]) -> tuple[str, Sequence[tuple[TimelineEvent, str]]] | None:
+            row = next((r for r in rows if r.recipient == code), None)
+            if row is None:
+                return None
+            event = TimelineEvent(bus_id, code, DeliveryState.DONE, later)
+            return row.state.value, [(event, f"{bus_id}|{code}|done")]
+
+        return plan
+
+    results = await asyncio.gather(
+        *(store.record_planned(d.bus_id, done_for(d.bus_id, "000.01.21.H99")) for d in documents),
+        store.record_planned(documents[0].bus_id, done_for(documents[0].bus_id, "000.99.99.H99")),
+    )
+    assert results[:-1] == [("accepted", [True])] * 12  # each plan saw its delivery as it was
+    assert results[-1] is None  # no delivery to that code: nothing written
+    assert len(commits) < 12
+    for document in documents:
+        rows = {r.recipient: r.state for r in await store.deliveries(document.bus_id)}
+        assert rows == {"000.00.21.H99": DeliveryState.ACCEPTED, "000.01.21.H99": DeliveryState.DONE}

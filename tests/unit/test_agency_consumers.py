@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
@@ -276,6 +276,9 @@ async def test_replies_go_to_a_direct_reply_to_address_only(reply_to: str | None
 # -- acknowledgements -----------------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
 class FakeAckStore:
     """Deliveries and their timelines: events unique by key, a delivery moving forward only; down for
     the first *failures* calls."""
@@ -310,8 +313,16 @@ class FakeAckStore:
             )
         return True
 
-    async def record_many(self, keyed: Sequence[tuple[TimelineEvent, str]]) -> list[bool]:
-        return [await self.record(event, key=key) for event, key in keyed]
+    async def record_planned(
+        self,
+        bus_id: str,
+        plan: Callable[[list[DeliveryRow]], tuple[T, Sequence[tuple[TimelineEvent, str]]] | None],
+    ) -> tuple[T, list[bool]] | None:
+        planned = plan(await self.deliveries(bus_id))
+        if planned is None:
+            return None
+        value, keyed = planned
+        return value, [await self.record(event, key=key) for event, key in keyed]
 
     @property
     def state(self) -> DeliveryState:
