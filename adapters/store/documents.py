@@ -88,14 +88,8 @@ class Documents(TimelineWriter):
             documents.c.bus_id, documents.c.confirmed, documents.c.envelope_sha256, documents.c.dedupe_key
         ).where(documents.c.dedupe_key.in_(bindparam("p_keys", expanding=True)))
         # Concurrent intakes share transactions and statements (adapters/store/group_commit.py).
-        self._begins: BatchCommit[Begin, str | None] = BatchCommit(self._begin, self._begin_many)
-        self._confirms: BatchCommit[Confirm, None] = BatchCommit(self._begin, self._confirm_many)
-
-    async def close(self) -> None:
-        # the shared transactions under way finish before the engine goes
-        await self._begins.idle()
-        await self._confirms.idle()
-        await super().close()
+        self._begins: BatchCommit[Begin, str | None] = BatchCommit(self._lane, self._begin_many)
+        self._confirms: BatchCommit[Confirm, None] = BatchCommit(self._lane, self._confirm_many)
 
     async def begin_accept(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None

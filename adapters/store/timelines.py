@@ -11,7 +11,7 @@ update), the largest share of the store's round trips. SQLite, the one-machine s
 one.
 
 Concurrent single events (:meth:`TimelineWriter.record`) share transactions and statements
-(:class:`~adapters.store.group_commit.BatchCommit`): the AMQP agencies' ``queued`` events and their
+(:mod:`adapters.store.group_commit`): the AMQP agencies' ``queued`` events and their
 acknowledgements arrive one message at a time, many at once.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.store.base import StoreBase, utc
-from adapters.store.group_commit import BatchCommit
+from adapters.store.group_commit import BatchCommit, Lane
 from adapters.store.tables import deliveries, events
 from bus.delivery import DeliveryRow, DeliveryState, TimelineEvent, replaceable_by
 
@@ -106,13 +106,13 @@ class TimelineWriter(StoreBase):
         self._q_deliveries_of = select(deliveries).where(
             deliveries.c.bus_id.in_(bindparam("p_ids", expanding=True))
         )
-        self._records: BatchCommit[Keyed, bool] = BatchCommit(self._begin, self._record_batch)
-        self._planned: BatchCommit[_Planned[Any], Any] = BatchCommit(self._begin, self._planned_batch)
+        # Every write of the hot path shares the transactions of one lane (group_commit.py).
+        self._lane = Lane(self._begin)
+        self._records: BatchCommit[Keyed, bool] = BatchCommit(self._lane, self._record_batch)
+        self._planned: BatchCommit[_Planned[Any], Any] = BatchCommit(self._lane, self._planned_batch)
 
     async def close(self) -> None:
-        # the shared transactions under way finish before the engine goes
-        await self._records.idle()
-        await self._planned.idle()
+        await self._lane.idle()  # the shared transactions under way finish before the engine goes
         await super().close()
 
     async def record_planned(self, bus_id: str, plan: Plan[T]) -> tuple[T, list[bool]] | None:

@@ -1,5 +1,5 @@
-"""Group commit on a fake transaction: concurrent writes share one, a failing write fails only itself,
-a lone write waits for nothing (adapters/store/group_commit.py; the real databases:
+"""Group commit on a fake transaction: concurrent writes share one (each kind in one call), a failing
+write fails only itself, a lone write waits for nothing (adapters/store/group_commit.py; the real databases:
 tests/integration/test_nonces.py and test_store_group_commit.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.store.group_commit import GroupCommit
+from adapters.store.group_commit import BatchCommit, Lane
 from bus.errors import StoreError
 
 pytestmark = pytest.mark.asyncio
@@ -39,38 +39,53 @@ class FakeDatabase:
             self.open -= 1
 
 
-def _write(name: str) -> Any:
-    async def write(conn: Any) -> str:
-        conn.append(name)
-        return name.upper()
+async def _upper(conn: Any, items: list[str]) -> list[str]:
+    conn.extend(items)
+    return [item.upper() for item in items]
 
-    return write
+
+async def _lower(conn: Any, items: list[str]) -> list[str]:
+    conn.extend(f"low:{item}" for item in items)
+    return [item.lower() for item in items]
 
 
 async def test_a_lone_write_runs_at_once_in_its_own_transaction() -> None:
     db = FakeDatabase()
-    group = GroupCommit(db.begin)
-    assert await group.run(_write("a")) == "A"
+    group = BatchCommit(Lane(db.begin), _upper)
+    assert await group.run("a") == "A"
     assert db.committed == [["a"]]
 
 
 async def test_concurrent_writes_share_transactions_and_keep_their_results() -> None:
     db = FakeDatabase()
-    group = GroupCommit(db.begin)
+    lane = Lane(db.begin)
+    group = BatchCommit(lane, _upper)
     names = [f"w{n}" for n in range(40)]
-    results = await asyncio.gather(*(group.run(_write(n)) for n in names))
+    results = await asyncio.gather(*(group.run(n) for n in names))
     assert results == [n.upper() for n in names]
     assert sorted(w for t in db.committed for w in t) == sorted(names)  # each once
     assert len(db.committed) <= 3  # the first alone, then the rest together
-    assert group.transactions == len(db.committed)
+    assert lane.transactions == len(db.committed)
+
+
+async def test_writes_of_different_kinds_share_a_transaction_each_kind_in_one_call() -> None:
+    db = FakeDatabase()
+    lane = Lane(db.begin)
+    upper, lower = BatchCommit(lane, _upper), BatchCommit(lane, _lower)
+    first = asyncio.create_task(upper.run("first"))  # starts a transaction; the rest wait for the next
+    await asyncio.sleep(0)
+    results = await asyncio.gather(upper.run("a"), lower.run("B"), upper.run("c"), lower.run_all(["D", "E"]))
+    assert await first == "FIRST"
+    assert results == ["A", "b", "C", ["d", "e"]]
+    assert db.committed == [["first"], ["a", "c", "low:B", "low:D", "low:E"]]
 
 
 async def test_a_failing_write_fails_only_its_caller() -> None:
     db = FakeDatabase()
-    group = GroupCommit(db.begin)
-    first = asyncio.create_task(group.run(_write("first")))  # starts a transaction; the rest wait
+    group = BatchCommit(Lane(db.begin), _upper)
+    first = asyncio.create_task(group.run("first"))  # starts a transaction; the rest wait
     await asyncio.sleep(0)
-    rest = [asyncio.create_task(group.run(_write(n))) for n in ("a", "boom", "b")]
+    rest = [asyncio.create_task(group.run(n)) for n in ("a", "boom", "b")]
     assert await first == "FIRST"
     outcomes = await asyncio.gather(*rest, return_exceptions=True)
     assert outcomes[0] == "A"
@@ -79,3 +94,15 @@ async def test_a_failing_write_fails_only_its_caller() -> None:
     # The shared transaction failed as a whole; each write then ran alone, and only "boom" failed.
     assert db.committed == [["first"], ["a"], ["b"]]
     assert db.open == 0
+
+
+async def test_the_lane_is_idle_only_when_every_transaction_is_over() -> None:
+    db = FakeDatabase()
+    lane = Lane(db.begin)
+    group = BatchCommit(lane, _upper)
+    pending = [asyncio.create_task(group.run(n)) for n in ("a", "b", "c")]
+    await asyncio.sleep(0)
+    await lane.idle()
+    assert sorted(w for t in db.committed for w in t) == ["a", "b", "c"]  # all committed
+    assert db.open == 0
+    assert await asyncio.gather(*pending) == ["A", "B", "C"]
