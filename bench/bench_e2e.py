@@ -12,8 +12,8 @@ RabbitMQ's management API, which answers even when the broker takes no new AMQP 
 
 * **bus (a) HTTP push + HTTP pull, 8 KB**: agency systems push signed ~8 KB envelopes to real ``bus
   serve`` processes over HTTP (the province must sign, so each signature is verified, then traced and
-  countersigned); recipients pull as agency systems do (list, fetch, acknowledge). Latency: push sent →
-  fetched by the recipient.
+  countersigned); recipients pull as agency systems do: list (the manifest), fetch 8 at a time, one
+  ``POST /v1/acks`` for the batch. Latency: push sent → fetched by the recipient.
 * **bus (b) AMQP push + AMQP pull, 8 KB**: the same envelopes, sent by the province as its own RabbitMQ
   user (made by ``bus amqp-users``) to the agency intake, each waiting for the bus's answer (direct
   reply-to; "in flight" counts envelopes awaiting their answer); the recipients, AMQP agencies of a second
@@ -79,6 +79,7 @@ FANOUT = 50  # communes of the bench's district: the fan-out row sends to all of
 # its API secret (an AMQP agency may use the HTTP API too: docs/amqp-agencies.md).
 AMQP_DISTRICT = "000.00.41.H99"
 AMQP_COMMUNES = 3
+PULL_CONCURRENCY = 8  # envelopes an HTTP puller fetches at once (as the example AMQP client handles)
 
 
 def _example_client() -> ModuleType:
@@ -337,6 +338,7 @@ async def bus_run(
         client = AgencyClient(
             servers[index % len(servers)].url, agency, f"demo-only-{agency}".encode(), timeout=60
         )
+        slots = asyncio.Semaphore(PULL_CONCURRENCY)
         try:
             while not done.is_set():
                 items = await client.inbox(limit=200)
@@ -344,10 +346,20 @@ async def bus_run(
                     await asyncio.sleep(0.01)
                     continue
 
-                for item in items:
-                    await client.fetch(int(str(item["id"])))
+                # As a document system pulls a batch: the list is the manifest, the envelopes are
+                # fetched a few at a time, and the batch is acknowledged with one request.
+                async def fetch(item: dict[str, Any]) -> None:
+                    async with slots:
+                        await client.fetch(int(str(item["id"])))
                     latencies.append((time.perf_counter() - pushed[str(item["document_id"])]) * 1000)
-                    await client.acknowledge(int(str(item["id"])), "done")
+
+                await asyncio.gather(*(fetch(item) for item in items))
+                for start in range(0, len(items), 500):
+                    answers = await client.acknowledge_many(
+                        [(int(str(item["id"])), "done", None) for item in items[start : start + 500]]
+                    )
+                    if any(a["status"] != 200 for a in answers):
+                        raise RuntimeError(f"{label}: acknowledgements refused: {answers}")
                 if len(latencies) >= expected:
                     done.set()
         finally:

@@ -75,7 +75,10 @@ class Inbox(Resource):
         }
         if isinstance(body, bytes):
             return Response(body, 200, media_type="application/xml; charset=utf-8", headers=headers)
-        size, sha256 = body
+        size, sha256, whole = body
+        if whole is not None:  # one chunk, read with its size: sent as it is
+            headers["X-Bus-Body-SHA256"] = sha256
+            return Response(whole, 200, media_type="application/xml; charset=utf-8", headers=headers)
         headers |= {"Content-Length": str(size), "X-Bus-Body-SHA256": sha256}
         return StreamingResponse(
             self.ctx.store.body_chunks(sha256),
@@ -84,18 +87,19 @@ class Inbox(Resource):
             headers=headers,
         )
 
-    async def _stored(self, item_id: int, sha256: str) -> tuple[int, str]:
-        """The size and digest of an entry's envelope in the body store; 404 when it is gone
-        (collected after the retention period that follows the recipient's acknowledgement)."""
-        size = await self.ctx.store.body_size(sha256)
-        if size is None:
+    async def _stored(self, item_id: int, sha256: str) -> tuple[int, str, bytes | None]:
+        """The size and digest of an entry's envelope in the body store, with the envelope itself when it
+        is one chunk; 404 when it is gone (collected after the retention period that follows the
+        recipient's acknowledgement)."""
+        head = await self.ctx.store.body_head(sha256)
+        if head is None:
             raise ApiError(
                 404,
                 "not-found",
                 f"envelope {item_id} is no longer kept: its body was deleted after the retention "
                 "period that follows its acknowledgement (store.body_retention_days)",
             )
-        return size, sha256
+        return head[0], sha256, head[1]
 
     async def acknowledge(self, request: Request) -> Response:
         agency, body = await authenticate(self.ctx, request)

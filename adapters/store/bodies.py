@@ -81,6 +81,19 @@ class Bodies(StoreBase):
             update(bodies).where(bodies.c.sha256 == bindparam("p_sha")).values(stored_at=bindparam("p_at"))
         )
         self._q_head = select(bodies.c.size, bodies.c.chunks).where(bodies.c.sha256 == bindparam("p_sha"))
+        # The head and, for a body of one chunk (any envelope up to 1 MiB), that chunk: one read.
+        self._q_head_first = (
+            select(bodies.c.size, bodies.c.chunks, body_chunks.c.data)
+            .select_from(
+                bodies.outerjoin(
+                    body_chunks,
+                    (body_chunks.c.sha256 == bodies.c.sha256)
+                    & (body_chunks.c.seq == 0)
+                    & (bodies.c.chunks == 1),
+                )
+            )
+            .where(bodies.c.sha256 == bindparam("p_sha"))
+        )
         self._q_chunk = select(body_chunks.c.data).where(
             body_chunks.c.sha256 == bindparam("p_sha"), body_chunks.c.seq == bindparam("p_seq")
         )
@@ -134,6 +147,15 @@ class Bodies(StoreBase):
             row = (await conn.execute(self._q_head, {"p_sha": sha256})).first()
         return None if row is None else int(row.size)
 
+    async def body_head(self, sha256: str) -> tuple[int, bytes | None] | None:
+        """The size of body *sha256* and, when it is one chunk, the body itself (one read); None when
+        the store has none. A larger body is read with :meth:`body_chunks`."""
+        async with self._connect() as conn:
+            row = (await conn.execute(self._q_head_first, {"p_sha": sha256})).first()
+        if row is None:
+            return None
+        return int(row.size), (None if row.data is None else bytes(row.data))
+
     async def body_chunks(self, sha256: str) -> AsyncIterator[bytes]:
         """Body *sha256*, a chunk at a time, each read on a connection of its own (a slow reader holds
         none); :class:`~bus.errors.StoreError` when it is not (or no longer) there whole."""
@@ -150,8 +172,11 @@ class Bodies(StoreBase):
 
     async def read_body(self, sha256: str) -> bytes | None:
         """Body *sha256* whole (the national axis's sendEdoc takes one string), or None."""
-        if await self.body_size(sha256) is None:
+        head = await self.body_head(sha256)
+        if head is None:
             return None
+        if head[1] is not None:
+            return head[1]
         return b"".join([chunk async for chunk in self.body_chunks(sha256)])
 
     async def missing_bodies(self, shas: Sequence[str]) -> set[str]:

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.store.base import utc
 from adapters.store.bodies import Bodies
+from adapters.store.group_commit import BatchCommit
 from adapters.store.tables import documents, inbox
 from adapters.store.timelines import TimelineWriter
 from bus.delivery import DeliveryState, InboxItem, TimelineEvent
@@ -72,6 +73,9 @@ class Inboxes(Bodies, TimelineWriter):
             .returning(*inbox.c)
         )
         self._q_item = select(inbox).where(*mine)
+        self._fetches: BatchCommit[tuple[str, int, dt.datetime], InboxItem | None] = BatchCommit(
+            self._lane, self._fetch_many
+        )
         self._q_ack = (
             update(inbox)
             .where(
@@ -161,17 +165,28 @@ class Inboxes(Bodies, TimelineWriter):
             return [_inbox_item(r) for r in rows]
 
     async def fetch(self, agency: str, item_id: int, at: dt.datetime) -> InboxItem | None:
-        """One envelope of *agency*'s inbox with its body; the first fetch is a ``fetched`` event."""
-        async with self._begin() as conn:
+        """One envelope of *agency*'s inbox with its body; the first fetch is a ``fetched`` event.
+        Concurrent fetches share a transaction (adapters/store/group_commit.py)."""
+        return await self._fetches.run((agency, item_id, at))
+
+    async def _fetch_many(
+        self, conn: AsyncConnection, batch: list[tuple[str, int, dt.datetime]]
+    ) -> list[InboxItem | None]:
+        results: list[InboxItem | None] = []
+        fetched: list[tuple[TimelineEvent, str]] = []
+        for agency, item_id, at in batch:
             first = (
                 await conn.execute(self._q_first_fetch, {"p_agency": agency, "p_id": item_id, "p_at": at})
             ).first()
             if first is not None:
                 event = TimelineEvent(first.bus_id, first.addressed_to, DeliveryState.FETCHED, at)
-                await self._events(conn, [(event, f"{first.message_id}|fetched")])
-                return _inbox_item(first, body=True)
+                fetched.append((event, f"{first.message_id}|fetched"))
+                results.append(_inbox_item(first, body=True))
+                continue
             row = (await conn.execute(self._q_item, {"p_agency": agency, "p_id": item_id})).first()
-            return None if row is None else _inbox_item(row, body=True)
+            results.append(None if row is None else _inbox_item(row, body=True))
+        await self._events(conn, fetched)
+        return results
 
     async def acknowledge(
         self, agency: str, item_id: int, state: DeliveryState, at: dt.datetime, reason: str | None = None

@@ -74,11 +74,20 @@ async def test_a_body_is_stored_in_chunks_once_and_read_back_a_chunk_at_a_time(s
     assert [len(c) for c in chunks] == [CHUNK, CHUNK, 12345]
     assert b"".join(chunks) == data
     assert await store.body_size(ref.sha256) == len(data)
+    assert await store.body_head(ref.sha256) == (len(data), None)  # three chunks: streamed, not read here
     assert await store.read_body(ref.sha256) == data
     # Stored again (a retry, another gateway): still one body.
     await store.put_body(ref, io.BytesIO(data), bus_id=bus_id)
     assert await store.body_count() == 1
     assert await store.missing_bodies([ref.sha256, "f" * 64]) == {"f" * 64}
+
+
+async def test_a_body_of_one_chunk_is_read_with_its_size_in_one_query(store: StatusStore) -> None:
+    data = "<edXML>Văn bản một khối</edXML>".encode() * 100
+    _, ref = await _document(store, [RECIPIENT], data)
+    assert await store.body_head(ref.sha256) == (len(data), data)
+    assert await store.read_body(ref.sha256) == data
+    assert await store.body_head("0" * 64) is None
 
 
 async def test_a_body_of_other_bytes_than_announced_is_not_stored(store: StatusStore) -> None:
