@@ -28,7 +28,10 @@ RabbitMQ's management API, which answers even when the broker takes no new AMQP 
   database.
 
 Each bus row is compared with the raw row of the same concurrency ("X% of the raw loop's delivery
-rate").
+rate"). Costs per delivery: CPU of the bus, of this load generator, of RabbitMQ and of PostgreSQL (from
+/proc); PostgreSQL's commits (pg_stat_database: a read outside a transaction counts as one, though it
+flushes nothing), its WAL flushes (pg_stat_wal: the durable commits; the whole server's) and its
+statements (pg_stat_statements: every round trip, BEGIN and COMMIT included).
 """
 
 from __future__ import annotations
@@ -110,8 +113,9 @@ class Run:
     generator_cpu_s: float | None = None
     broker_cpu_s: float | None = None  # RabbitMQ (the node listening on the bench's AMQP port)
     database_cpu_s: float | None = None  # PostgreSQL (every server process, and those that ended)
-    commits: int | None = None
+    commits: int | None = None  # transactions committed, read-only ones (a read outside BEGIN) included
     statements: int | None = None
+    wal_flushes: int | None = None  # WAL fsyncs of the whole server (pg_stat_wal): durable commits
     # A bus row's raw aio-pika row (same bodies' size and concurrency), for "X% of the raw loop".
     baseline: str | None = None
 
@@ -186,6 +190,19 @@ class Counters:
 
     dsn: str | None
 
+    async def wal_flushes(self) -> int | None:
+        """The server's WAL syncs so far (pg_stat_wal, PostgreSQL 14+): what a durable commit costs;
+        a read-only transaction's commit flushes nothing."""
+        if self.dsn is None:
+            return None
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            with contextlib.suppress(asyncpg.PostgresError):
+                return int(await connection.fetchval("SELECT wal_sync FROM pg_stat_wal"))
+            return None
+        finally:
+            await connection.close()
+
     async def read(self) -> tuple[int | None, int | None]:
         if self.dsn is None:
             return None, None
@@ -217,11 +234,13 @@ class Meter:
         self.counters = counters or Counters(None)
         self._before: tuple[int | None, int | None, float, float] = (None, None, 0.0, 0.0)
         self._services_before: tuple[float | None, float | None] = (None, None)
+        self._wal_before: int | None = None
 
     async def start(self) -> None:
         commits, statements = await self.counters.read()
         self._before = (commits, statements, _servers_cpu_s(self.servers), _own_cpu_s())
         self._services_before = _services_cpu_s()
+        self._wal_before = await self.counters.wal_flushes()
 
     async def run(
         self, label: str, envelopes: int, deliveries: int, seconds: float, latencies: list[float]
@@ -234,6 +253,7 @@ class Meter:
             _services_cpu_s(),
         )
         commits_after, statements_after = await self.counters.read()
+        wal_after = await self.counters.wal_flushes()
         return Run(
             label,
             envelopes,
@@ -253,6 +273,9 @@ class Meter:
             commits=None
             if commits_after is None or commits_before is None
             else commits_after - commits_before,
+            wal_flushes=None
+            if wal_after is None or self._wal_before is None
+            else wal_after - self._wal_before,
             statements=(
                 None
                 if statements_after is None or statements_before is None
@@ -781,9 +804,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(
         "| run | envelopes | deliveries | envelopes/s | deliveries/s (median of "
         f"{args.repeat}; all) | p50 ms | p99 ms | CPU ms / delivery: bus | generator | RabbitMQ "
-        "| PostgreSQL | commits / delivery | statements / delivery |"
+        "| PostgreSQL | commits / delivery | WAL flushes / delivery | statements / delivery |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         every = ", ".join(f"{rate:.0f}" for rate in sorted(rates[run.label]))
         print(
@@ -792,7 +815,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
             f"{_per_delivery(run.bus_cpu_s, run, 1000)} | {_per_delivery(run.generator_cpu_s, run, 1000)} | "
             f"{_per_delivery(run.broker_cpu_s, run, 1000)} | "
             f"{_per_delivery(run.database_cpu_s, run, 1000)} | "
-            f"{_per_delivery(run.commits, run)} | {_per_delivery(run.statements, run)} |"
+            f"{_per_delivery(run.commits, run)} | {_per_delivery(run.wal_flushes, run)} | "
+            f"{_per_delivery(run.statements, run)} |"
         )
     print()
     by_label = {run.label: run for run in runs}
