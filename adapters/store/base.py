@@ -112,6 +112,10 @@ class StoreBase:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Reads run without a transaction: no BEGIN and ROLLBACK round trips around each (two of the
+        # statements a fetch cost, counted by bench/bench_e2e.py). Same pool; the connection's
+        # setting is put back when it returns to the pool.
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def connect(cls, url: str, *, pool_size: int | None = None, **engine_options: Any) -> Self:
@@ -164,9 +168,10 @@ class StoreBase:
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads, its errors translated."""
+        """A connection for reads, outside any transaction (each statement sees what was committed when
+        it ran), its errors translated."""
         with self._translated():
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 yield conn
 
     @asynccontextmanager
