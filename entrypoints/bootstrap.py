@@ -13,10 +13,10 @@ from pathlib import Path
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 from cryptography.hazmat.primitives import hashes
 
-from adapters.rabbitmq import BrokerNames, Publisher, open_channel
+from adapters.rabbitmq import BrokerNames, ClusterConnection, Publisher, connect_cluster, open_channel
 from adapters.store import StatusStore
 from bus.dsig import SignatureConfig, TrustStore, load_certificates, load_private_key
 from bus.dsig.revocation import CrlRegistry, CrlSource, RevocationPolicy
@@ -27,6 +27,7 @@ from bus.xmlparse import XmlLimits
 
 __all__ = [
     "broker_names",
+    "broker_nodes",
     "connect_broker",
     "connect_broker_once",
     "intake_policy",
@@ -52,20 +53,33 @@ def broker_names(settings: Settings) -> BrokerNames:
     return BrokerNames(settings.amqp.prefix)
 
 
-async def connect_broker(settings: Settings) -> AbstractRobustConnection:
-    """A connection that reconnects by itself (the node's); :class:`BrokerError` if there is none."""
+def broker_nodes(settings: Settings) -> list[str]:
+    """The RabbitMQ nodes a gateway may use, in the order it tries them: ``[amqp] nodes``, or ``url``."""
+    return list(settings.amqp.nodes) or [settings.amqp.url]
+
+
+async def connect_broker(settings: Settings) -> ClusterConnection:
+    """A connection that reconnects by itself, to another node of the cluster when its node is lost
+    (adapters/rabbitmq/cluster.py); :class:`BrokerError` if no node answers."""
+    nodes = broker_nodes(settings)
     try:
-        return await aio_pika.connect_robust(settings.amqp.url, timeout=15)
+        return await connect_cluster(nodes, timeout_s=15)
     except Exception as exc:
-        raise BrokerError(f"cannot connect to RabbitMQ at {safe_url(settings.amqp.url)}: {exc!r}") from exc
+        where = ", ".join(safe_url(n) for n in nodes)
+        raise BrokerError(f"cannot connect to RabbitMQ at {where}: {exc!r}") from exc
 
 
 async def connect_broker_once(settings: Settings) -> AbstractConnection:
-    """A plain connection for a command that does one thing and exits (``bus replay``)."""
-    try:
-        return await aio_pika.connect(settings.amqp.url, timeout=15)
-    except Exception as exc:
-        raise BrokerError(f"cannot connect to RabbitMQ at {safe_url(settings.amqp.url)}: {exc!r}") from exc
+    """A plain connection for a command that does one thing and exits (``bus replay``): the first node
+    that answers."""
+    error: Exception | None = None
+    for node in broker_nodes(settings):
+        try:
+            return await aio_pika.connect(node, timeout=15)
+        except Exception as exc:
+            error = exc
+    where = ", ".join(safe_url(n) for n in broker_nodes(settings))
+    raise BrokerError(f"cannot connect to RabbitMQ at {where}: {error!r}") from error
 
 
 async def new_publisher(connection: AbstractConnection, settings: Settings) -> Publisher:

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 from adapters.dashboard import RelativeRedirects, create_dashboard
 from adapters.http import ApiContext, create_app
-from adapters.http.health import Readiness, axis_check, broker_check
+from adapters.http.health import Readiness, axis_check, broker_check, queues_check
 from adapters.http.metrics import NodeMetrics
 from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis import AxisLink, CircuitBreaker, NationalAxisClient, Reconciler, RelayIn, RelayOut
@@ -34,6 +34,7 @@ from bus.errors import BrokerError, ConfigError, StoreError
 from bus.intake import BodyPolicy, Intake
 from bus.replay import ReplayResult, replay
 from bus.settings import Settings, StoreSettings
+from bus.topology import AgencyTransport, Topology
 from entrypoints.amqp_agencies import AgencyLink, http_inboxes, start_agency_link
 from entrypoints.bootstrap import (
     _cas_without_crl,
@@ -102,7 +103,13 @@ class Node:
             raise
         names = broker_names(settings)
         declare = await connection.channel()
-        await declare_topology(declare, topology, names, retry_delays=settings.national_axis.retry_delays_ms)
+        await declare_topology(
+            declare,
+            topology,
+            names,
+            retry_delays=settings.national_axis.retry_delays_ms,
+            replicas=settings.amqp.quorum_replicas,
+        )
         await declare.close()
         publisher = await new_publisher(connection, settings)
         bodies = BodyPolicy(settings.store.inline_max_bytes, settings.store.inline_max_recipients)
@@ -116,7 +123,12 @@ class Node:
             max_body_bytes=settings.http.max_body_bytes,
             clock_skew_s=settings.http.clock_skew_s,
             metrics=NodeMetrics(),
-            readiness=Readiness({"broker": broker_check(connection)}),
+            readiness=Readiness(
+                {
+                    "broker": broker_check(connection),
+                    "queues": queues_check(connection, _vital_queues(topology, names)),
+                }
+            ),
         )
         crl_refresher = None
         if crls is not None:
@@ -366,3 +378,12 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _vital_queues(topology: Topology, names: BrokerNames) -> list[str]:
+    """The queues without which a node accepts nothing: where outbound envelopes and dead letters go,
+    and the AMQP agencies' intake when there are any (``/readyz``'s ``queues`` check)."""
+    vital = [names.outbound_queue, names.dead_letter_queue]
+    if any(a.transport is AgencyTransport.AMQP for a in topology.agencies):
+        vital.append(names.agency_intake)
+    return vital

@@ -5,7 +5,11 @@ envelopes, and 503 with the same shape otherwise. Each check has its own time li
 and they run together, so the answer comes within that limit. The checks:
 
 * ``database``: the store answers ``SELECT 1``;
-* ``broker``: the RabbitMQ connection is open (not closed, not reconnecting);
+* ``broker``: the RabbitMQ connection is open (not closed, not reconnecting); its detail names the node
+  the gateway is on (``on 127.0.0.1:5682, node 2 of 3``);
+* ``queues``: the queues the node's intake and relay need answer a passive declaration through that
+  node. A quorum queue whose members lost their majority has no leader and does not answer: the node
+  cannot accept envelopes for it, and is not ready (issue 14);
 * ``national_axis`` (when one is configured): the link's circuit breaker. An open circuit reports
   ``degraded`` and the node stays **ready**: agencies of the province still send and receive among
   themselves, and what is bound for the national axis waits durably in the outbound queue until the
@@ -22,6 +26,7 @@ data centre's monitoring only. Failure details name the error's type only; the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ __all__ = [
     "axis_check",
     "broker_check",
     "database_check",
+    "queues_check",
 ]
 
 log = structlog.get_logger("bus.health")
@@ -85,8 +91,42 @@ def broker_check(connection: AbstractConnection) -> Check:
         if connection.is_closed:
             return CheckResult(CheckStatus.FAILED, "connection closed")
         if not connection.connected.is_set() or transport is None or transport.connection.is_closed:
-            return CheckResult(CheckStatus.FAILED, "reconnecting to RabbitMQ")
-        return CheckResult(CheckStatus.OK)
+            return CheckResult(CheckStatus.FAILED, f"reconnecting to RabbitMQ{_where(connection, 'next')}")
+        return CheckResult(CheckStatus.OK, _where(connection, "on").strip() or None)
+
+    return check
+
+
+def _where(connection: AbstractConnection, word: str) -> str:
+    """`` on host:port, node 2 of 3`` for a connection to a cluster (adapters/rabbitmq/cluster.py)."""
+    node = getattr(connection, "node", None)
+    nodes = getattr(connection, "nodes", None)
+    if not isinstance(node, str):
+        return ""
+    place = ""
+    if isinstance(nodes, list) and len(nodes) > 1:
+        place = f", node {getattr(connection, '_at', 0) + 1} of {len(nodes)}"
+    return f" {word} {node}{place}"
+
+
+def queues_check(connection: AbstractConnection, queues: list[str]) -> Check:
+    """Each of *queues* answers a passive declaration, on a channel of its own (a declaration that
+    times out must not leave a late answer on a channel in use)."""
+
+    async def check() -> CheckResult:
+        if not queues or not connection.connected.is_set():
+            return CheckResult(CheckStatus.OK, "not checked while reconnecting" if queues else None)
+        channel = await connection.channel()
+        try:
+            for name in queues:
+                try:
+                    await asyncio.wait_for(channel.declare_queue(name, passive=True), 1.5)
+                except TimeoutError:
+                    return CheckResult(CheckStatus.FAILED, f"queue {name} does not answer: no quorum?")
+            return CheckResult(CheckStatus.OK, f"{len(queues)} queues answer")
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     return check
 

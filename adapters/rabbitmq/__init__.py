@@ -15,6 +15,7 @@ from adapters.rabbitmq.agency_users import (
     agency_permissions,
     sync_agency_user,
 )
+from adapters.rabbitmq.cluster import ClusterConnection, connect_cluster, node_of
 from adapters.rabbitmq.consumer import (
     ACK,
     REQUEUE,
@@ -48,6 +49,7 @@ __all__ = [
     "AgencyUser",
     "BrokerNames",
     "BusMessage",
+    "ClusterConnection",
     "CopyPublisherPort",
     "DeadLetterWorker",
     "Decision",
@@ -62,10 +64,12 @@ __all__ = [
     "agencies_by_user",
     "agency_permissions",
     "cancel_task",
+    "connect_cluster",
     "decide",
     "declare_agency_topology",
     "declare_topology",
     "known_fields",
+    "node_of",
     "open_channel",
     "sync_agency_user",
     "text_header",

@@ -3,12 +3,22 @@ taken responsibility for the message; an unroutable or refused message raises, n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelInvalidStateError,
+    ConnectionClosed,
+    DeliveryError,
+    PublishError,
+)
 
 from adapters.rabbitmq.headers import (
     ATTEMPT_HEADER,
@@ -26,6 +36,11 @@ from bus.errors import BrokerError, UnroutableError
 from bus.headers import BusHeaders
 
 __all__ = ["Publisher", "open_channel"]
+
+log = structlog.get_logger("bus.broker")
+
+# What a lost connection or channel raises under a publish: published again once the channel is back.
+_LOST = (ChannelInvalidStateError, ConnectionClosed, AMQPConnectionError, ConnectionError)
 
 
 async def open_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -67,17 +82,43 @@ class Publisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             headers=dict(headers),
         )
-        try:
-            await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout)
-        except PublishError as exc:  # Basic.Return: mandatory and nothing bound
-            raise UnroutableError(
-                f"no queue is bound for routing key {routing_key!r}: message {message_id} "
-                "was returned by the broker, not delivered"
-            ) from exc
-        except (DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
-            # A nack, a lost channel or no confirm in time: the message may or may not be stored, so
-            # the caller must not answer "accepted"; a retry may duplicate, which dedup absorbs.
-            raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        pause = 0.2
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                await exchange.publish(
+                    message, routing_key=routing_key, mandatory=True, timeout=max(left, 0.1)
+                )
+                return
+            except PublishError as exc:  # Basic.Return: mandatory and nothing bound
+                raise UnroutableError(
+                    f"no queue is bound for routing key {routing_key!r}: message {message_id} "
+                    "was returned by the broker, not delivered"
+                ) from exc
+            except _LOST as exc:
+                # The connection or the channel went (a node of the cluster died, say) before the confirm
+                # came: the message may or may not be stored. Publish it again once the channel is back
+                # (on another node: adapters/rabbitmq/cluster.py), within the publish timeout; a
+                # duplicate is absorbed by the consumers (same message id).
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= pause:
+                    raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+                log.warning("publisher.republish", message_id=message_id, error=repr(exc)[:200])
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._ready(), deadline - asyncio.get_running_loop().time())
+            except (DeliveryError, AMQPError, TimeoutError) as exc:
+                # A nack or no confirm in time: the message may or may not be stored, so the caller must
+                # not answer "accepted"; a retry may duplicate, which dedup absorbs.
+                raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+
+    async def _ready(self) -> None:
+        """Until the channel is open again (a robust channel reopens by itself after a reconnection)."""
+        ready = getattr(self._channel, "ready", None)
+        if ready is not None:
+            await ready()
 
     async def deliver(
         self, routing_key: str, body: bytes, *, message_id: str, headers: BusHeaders | None = None

@@ -240,6 +240,9 @@ async def test_broker_restart_mid_stream_loses_nothing(
             await asyncio.to_thread(_rabbitmqctl, "await_startup")
 
     result, server = await _stream_through(province, tmp_path, 3, restart_broker)
-    assert result.unavailable > 0  # the broker really went away while envelopes were arriving
+    # The broker really went away while envelopes were arriving: publishes whose confirm was lost were
+    # published again once it was back (adapters/rabbitmq/publisher.py), or, past the publish timeout,
+    # answered 503.
+    assert server.events("publisher.republish") or result.unavailable > 0
     assert server.process is not None
     assert server.process.returncode == 0  # the same process rode out the restart and stopped cleanly
