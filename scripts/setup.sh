@@ -20,6 +20,9 @@ need_apt() {  # need_apt COMMAND PACKAGE
 
 # xmlsec1: the interop tests check our signatures against the reference XML-DSig implementation.
 need_apt xmlsec1 xmlsec1
+# docker-compose: the test command checks that docker-compose.yml (the production shape) is valid; no
+# Docker engine is needed for that.
+need_apt docker-compose docker-compose
 
 PYTHON=${PYTHON:-}
 if [ -z "$PYTHON" ]; then
