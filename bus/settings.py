@@ -129,6 +129,10 @@ class StoreSettings(_Section):
     # How often each node looks for bodies to delete, and how many it deletes per transaction.
     gc_interval_s: float = Field(default=600.0, gt=0)
     gc_batch: int = Field(default=100, ge=1, le=10_000)
+    # Several gateways: the jobs that must run once (relay in, the reconciler, this collection) run in
+    # the gateway holding their PostgreSQL lock; the others try to take it this often, so a dead
+    # gateway's job moves within about this long (adapters/store/leadership.py).
+    leader_check_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class NationalAxisSettings(_Section):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from adapters.http.protocol import HeadLimits, LimitedHttpToolsProtocol
 from adapters.national_axis import AxisLink, CircuitBreaker, NationalAxisClient, Reconciler, RelayIn, RelayOut
 from adapters.rabbitmq import BrokerNames, DeadLetterWorker, InboxWorker, cancel_task, declare_topology
 from adapters.store import StatusStore
+from adapters.store.leadership import Leadership
 from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
 from bus.errors import BrokerError, ConfigError, StoreError
@@ -183,7 +184,13 @@ class Node:
         )
         node.agencies = agencies
         if workers:
-            node.collector = asyncio.create_task(_collect_bodies(store, settings.store))
+            # One gateway at a time collects (adapters/store/leadership.py); another takes over if it dies.
+            collecting = store.leadership(
+                f"{names.prefix}:collect-bodies", check_s=settings.store.leader_check_s
+            )
+            node.collector = asyncio.create_task(
+                _lead(collecting, lambda: _collect_bodies(store, settings.store))
+            )
         return node
 
     async def stop(self) -> None:
@@ -266,9 +273,25 @@ class Node:
                 raise error
 
 
+async def _lead(leadership: Leadership, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """*job()* in a task of its own while this process holds *leadership*; cancelled when it is lost."""
+    task: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal task
+        task = asyncio.create_task(job())
+
+    async def stop() -> None:
+        nonlocal task
+        await cancel_task(task)
+        task = None
+
+    await leadership.serve(start, stop)
+
+
 async def _collect_bodies(store: StatusStore, section: StoreSettings) -> None:
     """Delete the bodies nothing holds any more, retention passed, a batch per transaction, every
-    ``gc_interval_s`` (docs/data-path.md). Every node runs it; on PostgreSQL one at a time works."""
+    ``gc_interval_s`` (docs/data-path.md). One gateway at a time runs it (its leadership)."""
     retention = dt.timedelta(days=section.body_retention_days)
     while True:
         try:
@@ -328,6 +351,9 @@ async def _axis_link(
             interval_s=axis.reconcile_interval_s,
         ),
         breaker,
+        leadership=store.leadership(
+            f"{names.prefix}:national-axis-in", check_s=settings.store.leader_check_s
+        ),
     )
     await link.start()
     return link

@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from adapters.store.leadership import Leadership
 from adapters.store.tables import metadata
 from bus.errors import ConfigError, StoreError, StoreUnavailableError
 
@@ -142,6 +143,10 @@ class StoreBase:
     async def close(self) -> None:
         with self._translated():
             await self._engine.dispose()
+
+    def leadership(self, name: str, *, check_s: float = 5.0) -> Leadership:
+        """The lock that lets one gateway at a time run the job *name* (adapters/store/leadership.py)."""
+        return Leadership(self._engine, name, check_s=check_s)
 
     async def ping(self) -> None:
         """``SELECT 1``: the readiness check (``/readyz``). :class:`StoreUnavailableError` if it fails."""
