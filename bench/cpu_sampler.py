@@ -25,6 +25,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -44,6 +45,7 @@ class CpuSampler:
         self.interval_s = interval_s
         self.stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
         self.samples = 0
+        self._cpu_at_start = 0.0
 
     def _on_tick(self, _signum: int, frame: FrameType | None) -> None:
         stack: list[str] = []
@@ -55,6 +57,7 @@ class CpuSampler:
         self.samples += 1
 
     def start(self) -> None:
+        self._cpu_at_start = time.process_time()
         signal.signal(signal.SIGPROF, self._on_tick)
         signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
 
@@ -74,9 +77,11 @@ class CpuSampler:
             for label in set(stack):
                 inclusive[label] += count
         total = max(1, self.samples)
+        cpu_s = time.process_time() - self._cpu_at_start
+        # The kernel fires the timer at its own tick at the finest (4 ms at HZ=250), whatever is asked.
         lines = [
-            f"{self.samples} samples, {self.samples * self.interval_s:.1f} s of CPU "
-            f"(one per {self.interval_s * 1000:.1f} ms)",
+            f"{self.samples} samples over {cpu_s:.1f} s of the process's CPU "
+            f"(one per {1000 * cpu_s / max(1, self.samples):.1f} ms of CPU on average)",
             "",
             "self %  function",
         ]
@@ -86,7 +91,24 @@ class CpuSampler:
         out.with_name(out.name + ".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def smoke() -> None:
+    """``--smoke`` (tests/integration/test_bench_smoke.py): sample a busy loop, print the table."""
+    sampler = CpuSampler(0.001)
+    sampler.start()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        sum(i * i for i in range(1000))
+    sampler.stop()
+    own: collections.Counter[str] = collections.Counter(s[-1] for s in sampler.stacks.elements() if s)
+    print("| function | samples |\n|---|---:|")
+    for label, count in own.most_common(5):
+        print(f"| {label} | {count} |")
+
+
 def main(argv: list[str] | None = None) -> None:
+    if (argv if argv is not None else sys.argv[1:]) == ["--smoke"]:
+        smoke()
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="collapsed stacks; OUT.txt gets the summary")
     parser.add_argument("--interval-ms", type=float, default=2.0)
