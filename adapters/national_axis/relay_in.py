@@ -5,11 +5,19 @@ the intake like any other (checks, signature, duplicate suppression, local inbox
 tells the axis ``done``. A crash in between makes the axis deliver it again, which the duplicate check
 absorbs. An envelope the intake refuses is kept in the dead-letter queue with the reason, and the axis
 is told ``fail``; an operator's replay of it comes back through ``<prefix>.axis-inbound``.
+
+What was decided for each listed envelope and what the axis was last told are kept in the status store
+(:class:`InboundStore`), not in this process (issue 14, item 4): the gateway that takes over polling
+after another died, or one that handled an operator's replay, knows them. A row nobody wrote for
+``forget_after`` is deleted (an envelope still listed then is decided again: the dead letters keep its
+refusal, the intake's duplicate check its acceptance).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Protocol
 
 import structlog
@@ -27,16 +35,33 @@ from adapters.rabbitmq import (
     cancel_task,
     text_header,
 )
-from bus.errors import AxisRejectedError, AxisUnavailableError, DuplicateEnvelopeError, InputError
+from bus.errors import AxisRejectedError, AxisUnavailableError, DuplicateEnvelopeError, InputError, StoreError
 from bus.intake import Intake
 
-__all__ = ["RefusalStore", "RelayIn"]
+__all__ = ["InboundStore", "RefusalStore", "RelayIn"]
 
 log = structlog.get_logger("bus.relay")
 
 
 class RefusalStore(Protocol):
     async def has_dead_letter(self, message_id: str) -> bool: ...
+
+
+class InboundStore(RefusalStore, Protocol):
+    """What relay in keeps in the status store (adapters/store/axis_inbound.py)."""
+
+    async def axis_inbound(self, doc_id: str) -> tuple[str | None, str | None]:
+        """(what was decided: "done", "fail" or None; what the axis was last told, or None)."""
+        ...
+
+    async def decide_axis_inbound(self, doc_id: str, outcome: str, at: dt.datetime) -> None: ...
+
+    async def told_axis_inbound(self, doc_id: str, told: str, at: dt.datetime) -> None: ...
+
+    async def forget_axis_inbound(self, before: dt.datetime) -> int: ...
+
+
+_FORGET_EVERY_S = 3600.0  # how often the store's old rows are deleted (by the gateway that polls)
 
 
 def _axis_message_id(doc_id: str) -> str:
@@ -53,10 +78,11 @@ class RelayIn(QueueConsumer[None]):
         publisher: Publisher,
         breaker: CircuitBreaker,
         *,
-        store: RefusalStore,
+        store: InboundStore,
         channel: AbstractChannel,
         names: BrokerNames,
         interval_s: float = 10.0,
+        forget_after: dt.timedelta = dt.timedelta(days=7),
     ) -> None:
         # Replays that cannot be taken now (the store, the broker) go back to their queue after 2 s.
         super().__init__(channel, None, name="relay_in", pause_s=2.0)
@@ -68,9 +94,10 @@ class RelayIn(QueueConsumer[None]):
         self._names = names
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
-        # What this process decided for an axis DocId, and what it told the axis (bounded: see _forget).
-        self._owed: dict[str, str] = {}
-        self._told: dict[str, str] = {}
+        # What was decided for an axis DocId and what the axis was told are the store's; its rows
+        # untouched for *forget_after* are deleted once an hour (monotonic time of the last).
+        self._forget_after = forget_after
+        self._forgot_at: float | None = None
         self.polls = 0  # completed polls (tests wait for the first one)
         self.accepted = 0
         self.duplicates = 0
@@ -109,31 +136,41 @@ class RelayIn(QueueConsumer[None]):
                     log.warning("relay_in.item_failed", axis_doc_id=doc_id, error=str(exc))
                 except Exception as exc:  # the store, the broker, an axis refusal: next poll
                     log.error("relay_in.item_failed", axis_doc_id=doc_id, error=repr(exc))
-        if len(self._owed) > 10_000:  # forget the oldest decisions; the store still has the refusals
-            for old in list(self._owed)[:5_000]:
-                self._owed.pop(old, None)
-                self._told.pop(old, None)
+        await self._forget_old()
         if unavailable is not None:
             raise unavailable
         self.polls += 1
         return settled
 
+    async def _forget_old(self) -> None:
+        now = time.monotonic()
+        if self._forgot_at is not None and now - self._forgot_at < _FORGET_EVERY_S:
+            return
+        self._forgot_at = now
+        try:
+            forgotten = await self._store.forget_axis_inbound(_now() - self._forget_after)
+        except StoreError as exc:  # the next hour tries again
+            log.warning("relay_in.forget_failed", error=str(exc))
+            return
+        if forgotten:
+            log.info("relay_in.forgotten", rows=forgotten)
+
     async def _take(self, doc_id: str) -> bool:
-        owed = self._owed.get(doc_id)
+        owed, told = await self._store.axis_inbound(doc_id)
         if owed is not None or await self._store.has_dead_letter(_axis_message_id(doc_id)):
             # Decided before (refused and dead-lettered, or accepted after a replay) and still listed:
             # the axis is told once more what we decided (its earlier answer may have been lost), and
             # the envelope is not taken again: a refusal waits for an operator, not for a flood.
             outcome = owed or "fail"
-            if self._told.get(doc_id) != outcome:
+            if told != outcome:
                 await self._client.update_status(doc_id, outcome)
-                self._told[doc_id] = outcome
+                await self._store.told_axis_inbound(doc_id, outcome, _now())
             return False
         body = await self._client.get_edoc(doc_id)
         outcome = "done" if await self._accept(body, doc_id) else "fail"
-        self._owed[doc_id] = outcome
+        await self._store.decide_axis_inbound(doc_id, outcome, _now())
         await self._client.update_status(doc_id, outcome)
-        self._told[doc_id] = outcome
+        await self._store.told_axis_inbound(doc_id, outcome, _now())
         return True
 
     async def _accept(self, body: bytes, doc_id: str) -> bool:
@@ -175,15 +212,22 @@ class RelayIn(QueueConsumer[None]):
         doc_id = text_header(message.headers or {}, AXIS_DOC_HEADER) or message.message_id or "?"
         try:
             accepted = await self._accept(message.body, doc_id)
+            if accepted:
+                # Before the ack: a later poll that still sees it listed, on whichever gateway, says
+                # "done" again (not "fail" for its dead letter).
+                await self._store.decide_axis_inbound(doc_id, "done", _now())
         except Exception as exc:  # the store or the broker: leave it in the queue for later
             log.error("relay_in.replay_failed", axis_doc_id=doc_id, error=repr(exc))
             await self.settle(message, REQUEUE, queue=queue)
             return
         await self.settle(message, ACK, queue=queue)
         if accepted:
-            self._owed[doc_id] = "done"  # a later poll that still sees it listed says "done" again
             try:
                 await self._client.update_status(doc_id, "done")
-                self._told[doc_id] = "done"
-            except (AxisUnavailableError, AxisRejectedError) as exc:
+                await self._store.told_axis_inbound(doc_id, "done", _now())
+            except (AxisUnavailableError, AxisRejectedError, StoreError) as exc:
                 log.warning("relay_in.replay_status_failed", axis_doc_id=doc_id, error=str(exc))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -11,6 +11,8 @@ module (named by what it keeps); every public method raises :class:`~bus.errors.
 ``axis_sends.py``      what the national axis took, until its sent list shows it
 ``bodies.py``          the body store: each envelope once, in chunks; its garbage collection
 ``auth_state.py``      request nonces and revoked dashboard sessions
+``login_failures.py``  failed dashboard logins, counted for every gateway (the login throttle's)
+``axis_inbound.py``    what relay in decided for the axis's envelopes and what it told the axis
 ``dashboard.py``       the operators' dashboard's reads (queries in ``dashboard_queries.py``)
 =====================  ========================================================================
 """
@@ -18,17 +20,30 @@ module (named by what it keeps); every public method raises :class:`~bus.errors.
 from __future__ import annotations
 
 from adapters.store.auth_state import AuthState
+from adapters.store.axis_inbound import AxisInbound
 from adapters.store.axis_sends import AxisSends
 from adapters.store.bodies import Bodies
 from adapters.store.dashboard import DashboardReads
 from adapters.store.dead_letters import DeadLetters
 from adapters.store.documents import Documents
 from adapters.store.inbox import Inboxes
+from adapters.store.login_failures import LoginFailures
 
 __all__ = ["StatusStore"]
 
 
-class StatusStore(Documents, Inboxes, DeadLetters, AxisSends, AuthState, DashboardReads, Bodies):
-    """Timelines per document and recipient, inboxes, dead letters, what the national axis took,
-    request nonces, and the body store. ``url`` is a SQLAlchemy async URL:
+class StatusStore(
+    Documents,
+    Inboxes,
+    DeadLetters,
+    AxisSends,
+    AxisInbound,
+    AuthState,
+    LoginFailures,
+    DashboardReads,
+    Bodies,
+):
+    """Timelines per document and recipient, inboxes, dead letters, what the national axis took and
+    what relay in decided, request nonces, failed dashboard logins, and the body store: what every
+    gateway of the province shares. ``url`` is a SQLAlchemy async URL:
     ``sqlite+aiosqlite:///path/bus.db`` (default) or ``postgresql+asyncpg://user@host/db``."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
 
 __all__ = [
     "INBOX_PENDING",
+    "axis_inbound",
     "axis_sends",
     "bodies",
     "body_chunks",
@@ -33,6 +34,7 @@ __all__ = [
     "documents",
     "events",
     "inbox",
+    "login_failures",
     "metadata",
     "nonces",
 ]
@@ -229,4 +231,33 @@ body_refs = Table(
     Column("sha256", String(64), primary_key=True),
     Column("bus_id", String(36), primary_key=True),
     Index("ix_body_refs_bus_id", "bus_id"),
+)
+
+# Failed dashboard logins (adapters/dashboard/throttle.py), by client address (``kind`` "client") and by
+# username digest ("name"), counted here so that every gateway behind one address sees the same counts
+# (issue 14, item 4). Each change is one statement (INSERT … ON CONFLICT DO UPDATE … RETURNING), atomic
+# across processes; a counter whose last failure is older than the throttle's forget_s counts as zero,
+# and its row is deleted later.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("kind", String(8), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at", DateTime(timezone=True), nullable=False),
+    Index("ix_login_failures_last_failure_at", "last_failure_at"),
+)
+
+# What relay in decided for an envelope the national axis listed (``outcome``: done or fail; NULL when
+# the refusal was found in the dead letters, not decided here) and what it last told the axis
+# (``told``), shared so that the gateway that takes over polling after another died neither takes an
+# envelope again nor tells the axis twice (issue 14, item 4). Rows not touched for days are deleted.
+axis_inbound = Table(
+    "axis_inbound",
+    metadata,
+    Column("doc_id", String(256), primary_key=True),
+    Column("outcome", String(8)),
+    Column("told", String(8)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_axis_inbound_updated_at", "updated_at"),
 )
