@@ -20,7 +20,7 @@ import uvicorn
 from aio_pika.abc import AbstractRobustConnection
 from starlette.applications import Starlette
 
-from adapters.dashboard import RelativeRedirects, create_dashboard
+from adapters.dashboard import LoginThrottle, RelativeRedirects, create_dashboard
 from adapters.http import ApiContext, create_app
 from adapters.http.health import Readiness, axis_check, broker_check, queues_check
 from adapters.http.metrics import NodeMetrics
@@ -391,7 +391,9 @@ async def _dashboard(
             )
         return status
 
-    return create_dashboard(settings, store, link_status=link_status, replay=replay_ids)
+    # Failed logins are counted in the store: every gateway behind the load balancer sees the same.
+    throttle = LoginThrottle(store=store)
+    return create_dashboard(settings, store, link_status=link_status, replay=replay_ids, throttle=throttle)
 
 
 async def _wait(event: asyncio.Event) -> None:

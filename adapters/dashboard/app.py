@@ -110,7 +110,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
             error=LOGIN_FAILED,
             username=username,
         )
-    dash.throttle.succeeded(username, client)
+    await dash.throttle.succeeded(username, client)  # in the store before the next try reads it
     log.info("dashboard.login", operator=username, client=client)
     # A new session and CSRF token at login: a token seen before it is worth nothing after.
     operator = dash.sessions.new(username)

@@ -170,7 +170,9 @@ class Bodies(StoreBase):
     ) -> None:
         if not items:
             return
-        carried = {sha256: data for sha256, data, _ in items}
+        # In the order of their digests: two gateways writing the same bodies lock their rows in the
+        # same order, never in crossed ones (a deadlock seen when they did not).
+        carried = {sha256: data for sha256, data, _ in sorted(items, key=lambda i: i[0])}
         there = await conn.execute(_PG_TOUCH, {"sha": list(carried), "at": now})
         for (sha256,) in there:
             carried.pop(sha256, None)
