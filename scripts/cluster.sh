@@ -14,6 +14,8 @@
 # Idempotent: `start` on a running, clustered cluster only prints the URLs; with a node down it starts
 # that node alone. On success `start` prints, on stdout, one line a node (node 1 first):
 #   BUS_CLUSTER_NODE=amqp://guest:guest@127.0.0.1:5681/
+# then the management API of node 1 (`bus amqp-users` makes AMQP agencies' users there, for the cluster):
+#   BUS_CLUSTER_MANAGEMENT=http://127.0.0.1:15681
 # Everything else (==> progress, errors) goes to stderr. One invocation at a time changes the cluster
 # (a lock). State, logs and crash dumps: $BUS_CLUSTER_DIR (default /var/tmp/bus-rabbit-cluster)/rqN.
 # A node that does not come up within $BUS_CLUSTER_START_TIMEOUT s (120) fails the script with its log.
@@ -30,7 +32,9 @@
 #   (its pam_limits) would drop the open-files limit to 1024;
 # - `rabbitmq-server -detached` starts a second VM that does not see these variables, so the server is
 #   started in the foreground in a session of its own (setsid), its console going to a log file;
-# - no plugins: quorum queues are in the core, and the management plugin costs start-up time.
+# - quorum queues are in the core; the management plugin (it costs start-up time) runs on node 1 only,
+#   on 127.0.0.1:15681 (15672 is the system broker's), for `bus amqp-users`: users and permissions are
+#   the cluster's, whichever node they are made through. Nodes 2 and 3 have no plugin.
 set -euo pipefail
 
 BASE=${BUS_CLUSTER_DIR:-/var/tmp/bus-rabbit-cluster}
@@ -44,6 +48,8 @@ sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 node_name() { printf 'rq%s@localhost' "$1"; }
 amqp_port() { printf '%s' $((5680 + $1)); }
 dist_port() { printf '%s' $((25680 + $1)); }
+MANAGEMENT_NODE=1
+MANAGEMENT_PORT=15681
 node_dir() { printf '%s/rq%s' "$BASE" "$1"; }
 url() { printf 'amqp://guest:guest@127.0.0.1:%s/' "$(amqp_port "$1")"; }
 
@@ -126,9 +132,17 @@ prepare_node() {
   local n=$1 dir
   dir=$(node_dir "$n")
   $sudo mkdir -p "$dir/mnesia" "$dir/log"
-  printf 'listeners.tcp.local = 127.0.0.1:%s\nloopback_users.guest = true\n' "$(amqp_port "$n")" |
-    $sudo tee "$dir/rabbitmq.conf" >/dev/null
-  [ -f "$dir/enabled_plugins" ] || printf '[].\n' | $sudo tee "$dir/enabled_plugins" >/dev/null
+  {
+    printf 'listeners.tcp.local = 127.0.0.1:%s\nloopback_users.guest = true\n' "$(amqp_port "$n")"
+    if [ "$n" = "$MANAGEMENT_NODE" ]; then
+      printf 'management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' "$MANAGEMENT_PORT"
+    fi
+  } | $sudo tee "$dir/rabbitmq.conf" >/dev/null
+  if [ "$n" = "$MANAGEMENT_NODE" ]; then
+    printf '[rabbitmq_management].\n' | $sudo tee "$dir/enabled_plugins" >/dev/null
+  else
+    printf '[].\n' | $sudo tee "$dir/enabled_plugins" >/dev/null
+  fi
   $sudo chown -R rabbitmq:rabbitmq "$dir"
 }
 
@@ -220,6 +234,21 @@ join_node() {  # join node N (2 or 3) to node 1's cluster, unless it is a member
 
 print_urls() {
   for n in "${ALL[@]}"; do printf 'BUS_CLUSTER_NODE=%s\n' "$(url "$n")"; done
+  printf 'BUS_CLUSTER_MANAGEMENT=http://127.0.0.1:%s\n' "$MANAGEMENT_PORT"
+}
+
+# Node 1 started by an earlier version of this script runs without its management plugin: a node reads
+# its plugins and rabbitmq.conf at boot only, so it is restarted once (the other two keep the cluster).
+ensure_management() {
+  local n=$MANAGEMENT_NODE
+  port_open "$MANAGEMENT_PORT" && return 0
+  say "restarting $(node_name "$n") for its management plugin (127.0.0.1:$MANAGEMENT_PORT)"
+  ctl_quiet "$n" stop
+  wait_gone "$n" 60
+  cmd_restart "$n"
+  for _ in $(seq 1 30); do port_open "$MANAGEMENT_PORT" && return 0; sleep 1; done
+  show_log_tail "$n"
+  die "$(node_name "$n")'s management API is not listening on 127.0.0.1:$MANAGEMENT_PORT"
 }
 
 # Start every node that is down, all at once (a node that was clustered waits at boot for its peers,
@@ -249,6 +278,7 @@ cmd_start() {
   start_nodes "${ALL[@]}"
   join_node 2
   join_node 3
+  ensure_management
   local running
   running=$(cluster_list 1 running_nodes | sort | tr '\n' ' ')
   [ "$running" = "rq1@localhost rq2@localhost rq3@localhost " ] ||
@@ -272,8 +302,9 @@ cmd_status() {
   for n in "${ALL[@]}"; do
     pid=$(beam_pid "$n")
     if [ -z "$pid" ]; then state=down; elif port_open "$(amqp_port "$n")"; then state=up; else state=booting; fi
-    printf '%-14s %-8s pid=%-8s amqp=%s dist=%s rss=%s\n' "$(node_name "$n")" "$state" "${pid:--}" \
+    printf '%-14s %-8s pid=%-8s amqp=%s dist=%s%s rss=%s\n' "$(node_name "$n")" "$state" "${pid:--}" \
       "$(amqp_port "$n")" "$(dist_port "$n")" \
+      "$([ "$n" = "$MANAGEMENT_NODE" ] && printf ' management=%s' "$MANAGEMENT_PORT")" \
       "$([ -n "$pid" ] && awk '/VmRSS/ {printf "%d MB", $2 / 1024}' "/proc/$pid/status" 2>/dev/null || echo -)"
   done
   for n in "${ALL[@]}"; do
