@@ -44,6 +44,12 @@ class ClusterConnection(RobustConnection):
         self._at = next((i for i, n in enumerate(self.nodes) if node_of(n) == node_of(self.url)), 0)
         self.url = self.nodes[self._at]
         self.moves = 0  # how often this connection went to another node (tests, metrics)
+        # The node this connection is established on (connected and restored), None between a loss and
+        # the next success: a failed attempt (refused, or its restore failed) also ends in
+        # _on_connection_close, and must move once, not twice (twice skipped a live node).
+        self._on_node: str | None = None
+        if "reconnect_interval" not in url.query:
+            self.reconnect_interval = 2.0  # aio-pika's 5 s, per node tried, is long for a failover
 
     @property
     def node(self) -> str:
@@ -60,8 +66,13 @@ class ClusterConnection(RobustConnection):
         self.moves += 1
         log.warning("broker.next_node", lost=before, next=self.node, reason=why)
 
+    async def _on_connected(self) -> None:
+        await super()._on_connected()  # restores channels, queues and consumers; may fail, then
+        self._on_node = self.node  # the attempt failed (and moves on once, below), not the node
+
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        if not (self._close_called or self.is_closed):
+        lost, self._on_node = self._on_node, None
+        if lost == self.node and not (self._close_called or self.is_closed):
             self._next_node("connection lost")
         await super()._on_connection_close(closing)
 

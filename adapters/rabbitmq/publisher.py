@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import (
     AMQPConnectionError,
     AMQPError,
+    ChannelClosed,
     ChannelInvalidStateError,
     ConnectionClosed,
     DeliveryError,
@@ -40,7 +41,9 @@ __all__ = ["Publisher", "open_channel"]
 log = structlog.get_logger("bus.broker")
 
 # What a lost connection or channel raises under a publish: published again once the channel is back.
-_LOST = (ChannelInvalidStateError, ConnectionClosed, AMQPConnectionError, ConnectionError)
+# ChannelClosed: the channel went under the publish (the broker closed it, or the publisher reopened it
+# after a nack); a robust channel is reopened, and the publish goes again on it.
+_LOST = (ChannelInvalidStateError, ChannelClosed, ConnectionClosed, AMQPConnectionError, ConnectionError)
 
 
 async def open_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -57,6 +60,8 @@ class Publisher:
         self._timeout = timeout
         self._names = names
         self._deliver: AbstractExchange | None = None
+        self._generation = 0  # channel reopenings (after a nack), so that concurrent nacks reopen it once
+        self._reopening = asyncio.Lock()
 
     async def _exchange(self) -> AbstractExchange:
         if self._deliver is None:
@@ -84,8 +89,10 @@ class Publisher:
         )
         deadline = asyncio.get_running_loop().time() + self._timeout
         pause = 0.2
+        nacked = False
         while True:
             left = deadline - asyncio.get_running_loop().time()
+            generation = self._generation
             try:
                 await exchange.publish(
                     message, routing_key=routing_key, mandatory=True, timeout=max(left, 0.1)
@@ -109,10 +116,34 @@ class Publisher:
                 pause = min(pause * 2, 2.0)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._ready(), deadline - asyncio.get_running_loop().time())
-            except (DeliveryError, AMQPError, TimeoutError) as exc:
-                # A nack or no confirm in time: the message may or may not be stored, so the caller must
-                # not answer "accepted"; a retry may duplicate, which dedup absorbs.
+            except DeliveryError as exc:
+                # A nack: the broker did not take it. Once, on a fresh channel: RabbitMQ 3.10 can leave a
+                # channel that lived through a node's loss nacking every publish to a quorum queue whose
+                # leader moved (its client for the queue never found the new leader), while a new
+                # channel publishes to the same queue at once (seen in
+                # tests/integration/test_cluster_no_loss.py). A second nack is the broker's answer.
+                if nacked or deadline - asyncio.get_running_loop().time() <= pause:
+                    raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+                nacked = True
+                log.warning("publisher.nacked", message_id=message_id, routing_key=routing_key)
+                with contextlib.suppress(Exception):
+                    await self._fresh_channel(generation)
+            except (AMQPError, TimeoutError) as exc:
+                # No confirm in time: the message may or may not be stored, so the caller must not
+                # answer "accepted"; a retry may duplicate, which dedup absorbs.
                 raise BrokerError(f"broker did not confirm message {message_id}: {exc!r}") from exc
+
+    async def _fresh_channel(self, generation: int) -> None:
+        """Reopen the channel, unless another publish did since *generation* (concurrent nacks reopen
+        it once); publishes in flight on it meanwhile are published again (the _LOST path)."""
+        async with self._reopening:
+            if self._generation != generation:
+                return
+            self._generation += 1
+            reopen = getattr(self._channel, "reopen", None)
+            if reopen is not None:
+                await self._channel.close()
+                await reopen()
 
     async def _ready(self) -> None:
         """Until the channel is open again (a robust channel reopens by itself after a reconnection)."""

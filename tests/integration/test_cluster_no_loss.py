@@ -1,28 +1,43 @@
-"""Proof that nothing is lost when PostgreSQL restarts (issue 14, item 3).
+"""Proof that nothing is lost when a RabbitMQ node dies or PostgreSQL restarts (issue 14, item 3).
 
-A real ``bus serve`` process takes a stream of envelopes over HTTP, as agency systems send them
-(retrying through refused connections and 503s: tests/integration/processes.py), while PostgreSQL is
-stopped and started again under it: meanwhile the bus answers 503, never "accepted" for what it could
-not keep, and the same process carries on afterwards. At the end every envelope the bus answered 202
-is in each of its recipients' inboxes exactly once, its timeline holds "accepted" and "queued" for
-every recipient, and the queues are empty.
+Real ``bus serve`` processes take a stream of envelopes over HTTP, as agency systems send them
+(retrying through refused connections and 503s: tests/integration/processes.py), while the services
+under them fail:
+
+* two gateways on the local three-node cluster (tests/integration/cluster.py), one starting on node 1
+  and the other on node 2, with an AMQP agency sending too (through the example client of
+  docs/examples/, moving to another node as its connection dies): mid-stream the node that leads most
+  of the prefix's quorum queues is killed with SIGKILL and started again, then another node is stopped
+  gracefully. The gateways move to a surviving node by themselves (``broker.next_node``); neither exits;
+* one gateway on the system broker while PostgreSQL is stopped and started again: meanwhile the bus
+  answers 503, never "accepted" for what it could not keep, and the same process carries on afterwards.
+
+At the end every envelope the bus answered 202 is in each of its recipients' inboxes exactly once, its
+timeline holds "accepted" and "queued" for every recipient, and the queues are empty.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
+import itertools
 import random
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -30,8 +45,19 @@ from adapters.http.client import AgencyClient
 from adapters.rabbitmq import BrokerNames
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
+from tests.conftest import ROOT
 from tests.factory import make_document
-from tests.integration.conftest import PG_ADMIN_DSN, delete_broker_objects, write_config
+from tests.integration.cluster import (
+    NODES,
+    amqp_url,
+    kill_node,
+    queue_leader,
+    restart_node,
+    running_nodes,
+    start_cluster,
+    stop_node,
+)
+from tests.integration.conftest import PG_ADMIN_DSN, delete_broker_objects, fresh_database, write_config
 from tests.integration.processes import ServeProcess, StreamResult, free_port, stream_envelopes
 
 pytestmark = pytest.mark.asyncio
@@ -73,6 +99,11 @@ def _stream(seed: int, count: int) -> list[tuple[int, bytes, list[str]]]:
 
 def _clients(url: str) -> list[AgencyClient]:
     return [AgencyClient(url, s, f"demo-only-{s}".encode(), timeout=30) for s in SENDERS]
+
+
+def _with_broker(settings: Settings, url: str) -> Settings:
+    """*settings* with ``[amqp] url`` replaced: to clean up or inspect through a given node."""
+    return settings.model_copy(update={"amqp": settings.amqp.model_copy(update={"url": url})})
 
 
 async def _all_delivered_once(
@@ -208,6 +239,296 @@ async def _stream_disrupted(
         for client in clients:
             await client.aclose()
     return result, done_at, exited
+
+
+# -- an AMQP agency sending through the cluster ------------------------------------------------------
+
+AMQP_SENDER = "000.00.03.H99"  # Sở Khoa học và Công nghệ (docs/amqp-agencies.md)
+CLUSTER_MANAGEMENT = "http://127.0.0.1:15681"  # node 1's (scripts/cluster.sh)
+
+
+def _example_client() -> ModuleType:
+    """docs/examples/amqp_agency_client.py, the integrators' example, as the agency's client."""
+    path = ROOT / "docs" / "examples" / "amqp_agency_client.py"
+    spec = importlib.util.spec_from_file_location("amqp_agency_client", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+CLIENT = _example_client()
+
+
+class AmqpSender:
+    """An AMQP agency's document system on the cluster, through the example client: one connection at
+    a time; when it dies or an answer does not come, the next node, and the same envelope again (a
+    409 ``duplicate`` after such an attempt means that attempt was accepted)."""
+
+    def __init__(self, prefix: str, nodes: list[int]) -> None:
+        user = f"{prefix}.{AMQP_SENDER}:demo-only-{AMQP_SENDER}"
+        self.urls = [f"amqp://{user}@127.0.0.1:{5680 + n}/" for n in nodes]
+        self.prefix = prefix
+        self.accepted: dict[str, list[str]] = {}
+        self.failures: Counter[str] = Counter()  # what made an attempt fail, by kind
+        self.reconnects = 0
+        self._at = 0
+        self._current: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> Any:
+        async with self._lock:
+            while self._current is None:
+                agency = CLIENT.AgencyConnection(
+                    self.urls[self._at], AMQP_SENDER, prefix=self.prefix, answer_timeout_s=10
+                )
+                try:
+                    await agency.__aenter__()
+                    self._current = agency
+                except Exception as exc:  # this node is down: the next one
+                    self.failures[f"connect: {type(exc).__name__}"] += 1
+                    self._at = (self._at + 1) % len(self.urls)
+                    await asyncio.sleep(0.5)
+            return self._current
+
+    async def _drop(self, agency: Any) -> None:
+        async with self._lock:
+            if self._current is agency:
+                self._current = None
+                self._at = (self._at + 1) % len(self.urls)
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(agency.__aexit__(None, None, None), 5)
+
+    async def send(self, body: bytes, recipients: list[str]) -> None:
+        failed = False
+        for _ in range(60):
+            agency = await self._connection()
+            try:
+                answer = await agency.send(body)
+            except Exception as exc:  # the connection died, or no answer came: maybe accepted
+                self.failures[type(exc).__name__] += 1
+                failed = True
+                await self._drop(agency)
+                continue
+            error = answer.get("error", {})
+            if answer["status"] == 202:
+                self.accepted[answer["bus_id"]] = recipients
+                return
+            if answer["status"] == 409 and error.get("code") == "duplicate" and failed:
+                self.accepted[error["bus_id"]] = recipients
+                return
+            assert answer["status"] == 503, answer  # anything else is a test bug
+            self.failures[f"503 {error.get('code')}"] += 1
+            failed = True
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"no answer to an AMQP envelope after 60 attempts: {dict(self.failures)}")
+
+    async def stream(self, stop: asyncio.Event, workers: int = 2, pause_s: float = 0.05) -> None:
+        """Send envelopes to one to three RECIPIENTS, *workers* at a time, until *stop* is set."""
+        rng = random.Random(13)
+        numbers = itertools.count(1)
+
+        async def worker() -> None:
+            while not stop.is_set():
+                recipients = rng.sample(RECIPIENTS, rng.randint(1, 3))
+                await self.send(
+                    make_document(AMQP_SENDER, recipients, next(numbers), notation="CL-AMQP"), recipients
+                )
+                await asyncio.sleep(pause_s)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        finally:
+            if self._current is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._current.__aexit__(None, None, None), 5)
+
+
+def _amqp_users(config: Path) -> None:
+    """``bus amqp-users --config CONFIG``: the AMQP agency's broker user, made through node 1."""
+    done = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "amqp-users", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def _delete_amqp_agency(settings: Settings) -> None:
+    """The AMQP agency's user (through node 1's management API) and the broker objects of the AMQP
+    path, which delete_broker_objects does not know."""
+    names = BrokerNames(settings.amqp.prefix)
+    async with httpx.AsyncClient(
+        base_url=f"{CLUSTER_MANAGEMENT}/api", auth=("guest", "guest"), timeout=10
+    ) as api:
+        for user in (await api.get("/users")).json():
+            if user["name"].startswith(f"{names.prefix}."):
+                await api.delete(f"/users/{user['name']}")
+    connection = await aio_pika.connect(settings.amqp.url, timeout=10)
+    try:
+        channel = await connection.channel()
+        for name in (names.agency_intake, names.agency_acks, names.agency_queue(OrganId.parse(AMQP_SENDER))):
+            await channel.queue_delete(name)
+        for name in (names.agency_intake, names.agency_acks):
+            await channel.exchange_delete(name)
+    finally:
+        await connection.close()
+
+
+# -- a node of the cluster killed, another stopped --------------------------------------------------
+
+CLUSTER_ENVELOPES = 4000
+
+
+@pytest.fixture(scope="module")
+def cluster_urls() -> list[str]:
+    """The cluster, started once for the module and left running for the next one."""
+    return start_cluster()
+
+
+def _cluster_config(path: Path, pki: Path, prefix: str, database_url: str, nodes: list[str]) -> Path:
+    """The example province on *nodes* of the cluster, tried in that order; AMQP_SENDER over AMQP."""
+    write_config(path, pki, prefix=prefix, database_url=database_url)
+    text = path.read_text(encoding="utf-8")
+    amqp = f'url = "{SYSTEM_BROKER}"\n'
+    agency = f'organ_id = "{AMQP_SENDER}"\n'
+    assert amqp in text
+    assert agency in text
+    listed = ", ".join(f'"{n}"' for n in nodes)
+    text = text.replace(
+        amqp, f'url = "{nodes[0]}"\nnodes = [{listed}]\nmanagement_url = "{CLUSTER_MANAGEMENT}"\n', 1
+    )
+    text = text.replace(agency, f'{agency}transport = "amqp"\n', 1)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest_asyncio.fixture
+async def cluster_province(
+    cluster_urls: list[str], tmp_path: Path, pki_dir: Path
+) -> AsyncIterator[tuple[list[Path], Settings, str]]:
+    """Two configuration files of one province on the cluster (one prefix, one fresh PostgreSQL
+    database): the first tries nodes 1, 2, 3, the second nodes 2, 3, 1. Its settings, and its DSN.
+    Afterwards every node runs again, and the prefix's objects are gone from the cluster."""
+    prefix = f"test-cl-{uuid.uuid4().hex[:8]}"
+    async with fresh_database("postgresql", tmp_path) as url:
+        configs = [
+            _cluster_config(tmp_path / f"province-{i}.toml", pki_dir, prefix, url, order)
+            for i, order in enumerate([cluster_urls, [*cluster_urls[1:], cluster_urls[0]]], start=1)
+        ]
+        settings = load_settings(configs[0])
+        try:
+            yield configs, settings, url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        finally:
+            down = [n for n in NODES if n not in await asyncio.to_thread(running_nodes)]
+            for n in down:  # never leave the cluster degraded for the next test
+                await asyncio.to_thread(restart_node, n)
+            await _delete_amqp_agency(settings)
+            await delete_broker_objects(settings)
+            await delete_broker_objects(_with_broker(settings, SYSTEM_BROKER))
+
+
+async def _main_leader(names: BrokerNames) -> tuple[int, Counter[int]]:
+    """The node that leads most of the prefix's quorum queues (the outbound queue and the inboxes)."""
+    inboxes = {ALIASES.get(r, r) for r in RECIPIENTS}
+    queues = [names.outbound_queue, names.agency_intake, *(names.inbox(OrganId.parse(a)) for a in inboxes)]
+    leaders = await asyncio.gather(*(asyncio.to_thread(queue_leader, q) for q in queues))
+    counts = Counter(leaders)
+    return counts.most_common(1)[0][0], counts
+
+
+async def test_a_node_killed_and_another_stopped_mid_stream_loses_nothing(
+    cluster_province: tuple[list[Path], Settings, str], tmp_path: Path
+) -> None:
+    """Two gateways, one on node 1 and one on node 2, take CLUSTER_ENVELOPES over HTTP (16 in flight)
+    and an AMQP agency's envelopes; an eighth of the way in, the node leading most of the prefix's quorum
+    queues gets SIGKILL and is started again 3 s later, then another node is stopped gracefully (and
+    started again only once everything is checked)."""
+    configs, settings, dsn = cluster_province
+    started = time.monotonic()
+    await asyncio.to_thread(_amqp_users, configs[0])
+    servers = [
+        ServeProcess(config, free_port(), tmp_path / f"serve-{i}.log") for i, config in enumerate(configs, 1)
+    ]
+    for server in servers:
+        server.start()
+    for server in servers:
+        await server.wait_ready()
+    first_nodes = [str(server.events("broker.connected")[0]["node"]) for server in servers]
+    assert first_nodes == ["127.0.0.1:5681", "127.0.0.1:5682"]  # one on node 1, the other on node 2
+    leader, leaders = await _main_leader(BrokerNames(settings.amqp.prefix))
+    # Stopped next: a node a gateway started on, not the one killed (so that both gateways move).
+    stopped = next(n for n in (1, 2) if n != leader)
+    alive = next(n for n in NODES if n != stopped)
+    timeline: list[str] = []
+
+    async def kill_restart_stop() -> None:
+        t0 = time.monotonic()
+        await asyncio.to_thread(kill_node, leader)
+        timeline.append(f"{time.monotonic() - t0:.1f}s killed node {leader}")
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(restart_node, leader)
+        timeline.append(f"{time.monotonic() - t0:.1f}s node {leader} back")
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(stop_node, stopped)
+        timeline.append(f"{time.monotonic() - t0:.1f}s stopped node {stopped}")
+        assert await asyncio.to_thread(running_nodes) == sorted({*NODES} - {stopped})
+
+    # The AMQP agency starts on the node killed, and moves to the node stopped next: it loses both.
+    amqp = AmqpSender(settings.amqp.prefix, [leader, stopped, *({*NODES} - {leader, stopped})])
+    stop_amqp = asyncio.Event()
+    amqp_task = asyncio.create_task(amqp.stream(stop_amqp))
+    try:
+        try:
+            result, done_at, exited = await _stream_disrupted(
+                servers,
+                _stream(11, CLUSTER_ENVELOPES),
+                CLUSTER_ENVELOPES // 8,
+                kill_restart_stop,
+                within_s=150,
+            )
+        finally:
+            stop_amqp.set()
+            await amqp_task
+        streamed_s = time.monotonic() - started
+        assert exited == {}  # neither gateway died under the broker's failures
+        assert len(result.accepted) == CLUSTER_ENVELOPES
+        # The disruption was over while envelopes were still arriving: all of it happened mid-stream.
+        assert 0 < done_at < CLUSTER_ENVELOPES, (done_at, timeline)
+        names = BrokerNames(settings.amqp.prefix)
+        await _all_delivered_once(
+            settings,
+            dsn,
+            {**result.accepted, **amqp.accepted},
+            amqp_url(alive),
+            more_queues=(names.agency_intake, names.outbound_queue),
+        )
+        assert [server.process.poll() for server in servers if server.process] == [None, None]
+    finally:
+        codes = [server.stop() for server in servers]
+    assert codes == [0, 0]  # each stopped cleanly on SIGTERM: the processes that started
+    assert all(len(server.events("node.started")) == 1 for server in servers)
+    moves = [len(server.events("broker.next_node")) for server in servers]
+    republished = [len(server.events("publisher.republish")) for server in servers]
+    accepted = [len(server.events("send.accepted")) for server in servers]
+    amqp_accepted = [len(server.events("agency_intake.accepted")) for server in servers]
+    print(
+        f"\n{CLUSTER_ENVELOPES} envelopes over HTTP and {len(amqp.accepted)} over AMQP, "
+        f"{sum(len(r) for r in [*result.accepted.values(), *amqp.accepted.values()])} deliveries in "
+        f"{streamed_s:.0f} s; leaders {dict(leaders)}; {'; '.join(timeline)}; disruption over at "
+        f"{done_at} accepted; accepted per gateway HTTP {accepted} AMQP {amqp_accepted}; HTTP 503s "
+        f"{result.unavailable}, transport errors {result.transport_errors}; AMQP failed attempts "
+        f"{dict(amqp.failures)}, reconnects {amqp.reconnects}; republishes {republished}; "
+        f"node moves {moves}"
+    )
+    assert sum(moves) > 0  # at least one gateway went to another node
+    assert all(n > 0 for n in accepted)  # both gateways took the stream
+    assert len(amqp.accepted) > 0
 
 
 # -- PostgreSQL stopped and started again -----------------------------------------------------------

@@ -1,6 +1,8 @@
 """A publish whose confirm was lost with the connection is published again once the channel is back,
 within the publish timeout (issue 14: a node of the cluster dies under a publish); past the timeout it
-is a BrokerError, never a silent success. A nack is not retried: the broker answered."""
+is a BrokerError, never a silent success. A nack is published again once, on a reopened channel (a
+RabbitMQ 3.10 channel that lived through a node's loss may nack every publish to a queue whose leader
+moved); a second nack is the broker's answer."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class FlakyExchange:
 
     async def publish(self, message: Any, *, routing_key: str, mandatory: bool, **_: Any) -> None:
         self.attempts.append(message.message_id)
+        await asyncio.sleep(0)  # the broker answers later: concurrent publishes are all under way
         if self.failures:
             self.failures -= 1
             raise self.error
@@ -35,6 +38,7 @@ class FakeChannel:
     def __init__(self, exchange: FlakyExchange) -> None:
         self.exchange = exchange
         self.waited_ready = 0
+        self.closed = self.reopened = 0
 
     async def get_exchange(self, name: str, ensure: bool = False) -> FlakyExchange:
         return self.exchange
@@ -42,6 +46,12 @@ class FakeChannel:
     async def ready(self) -> None:
         self.waited_ready += 1
         await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        self.closed += 1
+
+    async def reopen(self) -> None:
+        self.reopened += 1
 
 
 def _publisher(exchange: FlakyExchange, timeout: float) -> tuple[Publisher, FakeChannel]:
@@ -68,9 +78,30 @@ async def test_past_the_publish_timeout_it_is_a_broker_error() -> None:
     assert 1 < len(exchange.attempts) < 10
 
 
-async def test_a_nack_is_not_published_again() -> None:
-    exchange = FlakyExchange(1, DeliveryError(None, Basic.Nack(delivery_tag=1)))
-    publisher, _ = _publisher(exchange, timeout=10)
-    with pytest.raises(BrokerError):
-        await publisher.deliver("000.00.21.H99", b"<edXML/>", message_id="b3")
-    assert exchange.attempts == ["b3"]
+def _nack() -> DeliveryError:
+    return DeliveryError(None, Basic.Nack(delivery_tag=1))
+
+
+async def test_a_nack_is_published_again_once_on_a_reopened_channel() -> None:
+    exchange = FlakyExchange(1, _nack())
+    publisher, channel = _publisher(exchange, timeout=10)
+    await publisher.deliver("000.00.21.H99", b"<edXML/>", message_id="b3")
+    assert exchange.attempts == ["b3", "b3"]
+    assert (channel.closed, channel.reopened) == (1, 1)
+
+
+async def test_a_second_nack_is_the_brokers_answer() -> None:
+    exchange = FlakyExchange(2, _nack())
+    publisher, channel = _publisher(exchange, timeout=10)
+    with pytest.raises(BrokerError, match="did not confirm message b4"):
+        await publisher.deliver("000.00.21.H99", b"<edXML/>", message_id="b4")
+    assert exchange.attempts == ["b4", "b4"]
+    assert channel.reopened == 1
+
+
+async def test_concurrent_nacks_reopen_the_channel_once() -> None:
+    exchange = FlakyExchange(5, _nack())
+    publisher, channel = _publisher(exchange, timeout=10)
+    await asyncio.gather(*(publisher.deliver("k", b"<edXML/>", message_id=f"m{n}") for n in range(5)))
+    assert channel.reopened == 1
+    assert sorted(exchange.attempts) == sorted([f"m{n}" for n in range(5)] * 2)
