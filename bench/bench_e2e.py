@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import platform
 import re
@@ -53,7 +52,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -71,6 +69,7 @@ from bus.xmlparse import parse_untrusted
 from entrypoints.cli_amqp import management_api, wanted_users
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, fresh_database, write_config
+from tests.integration.example_client import CLIENT
 from tests.integration.processes import ServeProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,21 +82,6 @@ FANOUT = 50  # communes of the bench's district: the fan-out row sends to all of
 AMQP_DISTRICT = "000.00.41.H99"
 AMQP_COMMUNES = 3
 PULL_CONCURRENCY = 8  # envelopes an HTTP puller fetches at once (as the example AMQP client handles)
-
-
-def _example_client() -> ModuleType:
-    """docs/examples/amqp_agency_client.py, the integrators' example client (as the tests load it)."""
-    path = ROOT / "docs" / "examples" / "amqp_agency_client.py"
-    spec = importlib.util.spec_from_file_location("amqp_agency_client", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CLIENT = _example_client()
 
 
 @dataclass

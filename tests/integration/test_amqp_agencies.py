@@ -7,7 +7,6 @@ and deletes the users and broker objects it made."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import random
 import subprocess
@@ -17,7 +16,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aio_pika
@@ -32,9 +30,9 @@ from adapters.rabbitmq import BrokerNames, declare_topology
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
 from entrypoints.runtime import Node
-from tests.conftest import ROOT
 from tests.factory import make_document
 from tests.integration.conftest import delete_broker_objects, fresh_database, write_config
+from tests.integration.example_client import CLIENT
 from tests.integration.processes import ServeProcess, free_port
 from tests.integration.test_api import signed_by
 
@@ -47,21 +45,6 @@ COMMUNE = "000.01.21.H99"  # xã Xuân Phước: over AMQP
 DISTRICT, COMMUNE_2 = "000.00.21.H99", "000.02.21.H99"  # over HTTP
 AMQP_AGENCIES = (SENDER, SENDER_2, COMMUNE)
 FROM_ENVIRONMENT = "from-the-environment-0123"  # Sở Tài chính's, from BUS_AMQP_PASSWORDS; the others' secrets
-
-
-def _example_client() -> ModuleType:
-    """docs/examples/amqp_agency_client.py, the integrators' example, as the agencies' client."""
-    path = ROOT / "docs" / "examples" / "amqp_agency_client.py"
-    spec = importlib.util.spec_from_file_location("amqp_agency_client", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CLIENT = _example_client()
 
 
 def _amqp_config(path: Path, pki: Path, database_url: str) -> Path:

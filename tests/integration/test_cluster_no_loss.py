@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import random
 import shutil
@@ -32,7 +31,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aio_pika
@@ -45,7 +43,6 @@ from adapters.http.client import AgencyClient
 from adapters.rabbitmq import BrokerNames
 from bus.organ_id import OrganId
 from bus.settings import Settings, load_settings
-from tests.conftest import ROOT
 from tests.factory import make_document
 from tests.integration.cluster import (
     NODES,
@@ -58,6 +55,7 @@ from tests.integration.cluster import (
     stop_node,
 )
 from tests.integration.conftest import PG_ADMIN_DSN, delete_broker_objects, fresh_database, write_config
+from tests.integration.example_client import CLIENT
 from tests.integration.processes import ServeProcess, StreamResult, free_port, stream_envelopes
 
 pytestmark = pytest.mark.asyncio
@@ -245,21 +243,6 @@ async def _stream_disrupted(
 
 AMQP_SENDER = "000.00.03.H99"  # Sở Khoa học và Công nghệ (docs/amqp-agencies.md)
 CLUSTER_MANAGEMENT = "http://127.0.0.1:15681"  # node 1's (scripts/cluster.sh)
-
-
-def _example_client() -> ModuleType:
-    """docs/examples/amqp_agency_client.py, the integrators' example, as the agency's client."""
-    path = ROOT / "docs" / "examples" / "amqp_agency_client.py"
-    spec = importlib.util.spec_from_file_location("amqp_agency_client", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-CLIENT = _example_client()
 
 
 class AmqpSender:
