@@ -100,12 +100,10 @@ def broker_check(connection: AbstractConnection) -> Check:
 def _where(connection: AbstractConnection, word: str) -> str:
     """`` on host:port, node 2 of 3`` for a connection to a cluster (adapters/rabbitmq/cluster.py)."""
     node = getattr(connection, "node", None)
-    nodes = getattr(connection, "nodes", None)
     if not isinstance(node, str):
         return ""
-    place = ""
-    if isinstance(nodes, list) and len(nodes) > 1:
-        place = f", node {getattr(connection, '_at', 0) + 1} of {len(nodes)}"
+    nodes = getattr(connection, "nodes", [])
+    place = f", {getattr(connection, 'place', '')}" if len(nodes) > 1 else ""
     return f" {word} {node}{place}"
 
 

@@ -56,6 +56,11 @@ class ClusterConnection(RobustConnection):
         """The node this connection is on, or tries next: ``host:port``."""
         return node_of(self.url)
 
+    @property
+    def place(self) -> str:
+        """``node 2 of 3``: where :attr:`node` stands in ``[amqp] nodes`` (``/readyz``)."""
+        return f"node {self._at + 1} of {len(self.nodes)}"
+
     def _next_node(self, why: str) -> None:
         if len(self.nodes) < 2:
             return

@@ -155,11 +155,6 @@ class TimelineWriter(StoreBase):
         Concurrent calls share a transaction."""
         return await self._records.run((event, key))
 
-    async def record_many(self, keyed: Sequence[Keyed]) -> list[bool]:
-        """Several events, in order, in the same transaction as far as it goes (one per event:
-        added, or there already)."""
-        return await self._records.run_all(keyed)
-
     async def _record_batch(self, conn: AsyncConnection, keyed: Sequence[Keyed]) -> list[bool]:
         added = await self._events(conn, keyed)
         results = []
