@@ -29,17 +29,19 @@ import dataclasses
 import datetime as dt
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import IO, ParamSpec, Protocol, TypeVar
+from typing import IO, Any, ParamSpec, Protocol, TypeVar
 
 from cryptography import x509
 from lxml import etree
 
+from bus.audit import Entry
 from bus.delivery import AcceptedDocument, DeliveryState, TimelineEvent
 from bus.dsig import SigningKey, sign_tree
 from bus.envelope import ParsedEnvelope
-from bus.errors import DuplicateEnvelopeError, UnknownDocumentError
+from bus.errors import DuplicateEnvelopeError, InputError, UnknownDocumentError
 from bus.headers import BodyRef, BusHeaders
 from bus.intake_checks import IntakeChecks, IntakePolicy
 from bus.linking import links_of
@@ -53,6 +55,7 @@ from bus.xmlparse import parse_received
 
 __all__ = [
     "Accepted",
+    "AuditPort",
     "BodyPolicy",
     "BodyStorePort",
     "Intake",
@@ -88,8 +91,14 @@ class StorePort(Protocol):
         links: Sequence[tuple[TimelineEvent, str]] = (),
         *,
         business_status: tuple[str, Sequence[str], str] | None = None,
+        delivered_sha256: str | None = None,
     ) -> None: ...
     async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None: ...
+
+
+class AuditPort(Protocol):
+    async def audit_note(self, entry: Entry) -> None:
+        """Append *entry* to the audit log, durably, before returning."""
 
 
 class BodyStorePort(Protocol):
@@ -125,6 +134,11 @@ class Accepted:
     # What was accepted from whom, for the caller's log lines and metrics.
     kind: str  # "document" or "status"
     sender: str
+    # What the acceptance receipt states (bus/receipts.py).
+    accepted_at: dt.datetime | None = None
+    received_sha256: str = ""
+    delivered_sha256: str = ""
+    recipients: tuple[str, ...] = ()
 
 
 def bus_id_for(document: AcceptedDocument) -> str:
@@ -145,6 +159,7 @@ class Intake:
         *,
         bodies: BodyStorePort | None = None,
         body_policy: BodyPolicy = BodyPolicy(),
+        audit: AuditPort | None = None,
     ) -> None:
         self._topology = topology
         self._node = node
@@ -153,16 +168,18 @@ class Intake:
         self._clock = clock
         self._bodies = bodies
         self._body_policy = body_policy
+        self._audit = audit
         self._limits = policy.limits
         self._checks = IntakeChecks(topology, node.organ_id, policy, clock)
 
     async def accept(self, body: bytes | Received, *, sender: OrganId) -> Accepted:
         """Accept *body* from the authenticated *sender*; returns once every delivery is durable."""
         received = body if isinstance(body, Received) else Received.of_bytes(body)
-        tree, texts = await _cpu(received.size, parse_received, received, self._limits)
-        with texts.active():
-            parsed = await _cpu(received.size, self._checks.checked, tree, sender)
-            return await self._accept(received, tree, parsed, sender, local_only=False)
+        async with self._refusals_recorded(received, str(sender)):
+            tree, texts = await _cpu(received.size, parse_received, received, self._limits)
+            with texts.active():
+                parsed = await _cpu(received.size, self._checks.checked, tree, sender)
+                return await self._accept(received, tree, parsed, sender, local_only=False)
 
     async def accept_from_axis(self, body: bytes | Received) -> Accepted:
         """Accept an envelope the national axis delivered for this province's agencies.
@@ -172,11 +189,32 @@ class Intake:
         for other provinces and ministries (when the policy requires it), and only the local
         recipients get a copy: the axis delivers the others itself."""
         received = body if isinstance(body, Received) else Received.of_bytes(body)
-        tree, texts = await _cpu(received.size, parse_received, received, self._limits)
-        with texts.active():
-            parsed = await _cpu(received.size, self._checks.checked_from_axis, tree)
-            sender = parsed.message.sender.organ_id
-            return await self._accept(received, tree, parsed, sender, local_only=True)
+        async with self._refusals_recorded(received, None):
+            tree, texts = await _cpu(received.size, parse_received, received, self._limits)
+            with texts.active():
+                parsed = await _cpu(received.size, self._checks.checked_from_axis, tree)
+                sender = parsed.message.sender.organ_id
+                return await self._accept(received, tree, parsed, sender, local_only=True)
+
+    @asynccontextmanager
+    async def _refusals_recorded(self, received: Received, sender: str | None) -> AsyncIterator[None]:
+        """An envelope refused is an event that matters (issue 15): the audit log records who sent which
+        bytes (their SHA-256) and why they were refused, before the refusal is answered."""
+        try:
+            yield
+        except InputError as exc:
+            if self._audit is not None:
+                fields: dict[str, Any] = {
+                    "sender": sender or "national-axis",
+                    "received_sha256": received.sha256,
+                    "size": received.size,
+                    "error": type(exc).__name__,
+                    "reason": str(exc)[:2000],
+                }
+                if isinstance(exc, DuplicateEnvelopeError):
+                    fields["earlier_bus_id"] = exc.bus_id
+                await self._audit.audit_note(Entry("envelope.refused", self._clock(), fields))
+            raise
 
     async def _accept(
         self,
@@ -264,9 +302,23 @@ class Intake:
             if destination.kind is DestinationKind.OUTBOUND
         ]
         await self._store.confirm_accept(
-            record, recipients, [*links.links, *outbound], business_status=links.business_status
+            record,
+            recipients,
+            [*links.links, *outbound],
+            business_status=links.business_status,
+            delivered_sha256=ref.sha256,
         )
-        return Accepted(bus_id, document_id, destinations, parsed.kind.value, str(sender))
+        return Accepted(
+            bus_id,
+            document_id,
+            destinations,
+            parsed.kind.value,
+            str(sender),
+            accepted_at=now,
+            received_sha256=received.sha256,
+            delivered_sha256=ref.sha256,
+            recipients=tuple(recipients),
+        )
 
     def _seal(self, tree: etree._ElementTree, now: dt.datetime, out: IO[bytes]) -> BodyRef:
         """This node's trace header and signature, and the envelope written to *out* (rewound)."""

@@ -29,6 +29,7 @@ from bus.topology import Agency, BusNode, Topology
 
 __all__ = [
     "AmqpSettings",
+    "AuditSettings",
     "DashboardSettings",
     "DatabaseSettings",
     "HttpSettings",
@@ -258,6 +259,37 @@ class DashboardSettings(_Section):
         return bool(self.operators)
 
 
+class AuditSettings(_Section):
+    """The audit log (docs/audit.md): checkpoints, time-stamps, retention."""
+
+    # Off only to measure what the log costs (bench/bench_e2e.py --audit off): the records are the
+    # evidence of every delivery.
+    enabled: bool = True
+    # A signed checkpoint every this many seconds (when any record was written), or sooner once this
+    # many records are waiting: what is not yet under a checkpoint could be cut from a chain's end.
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    checkpoint_records: int = Field(default=10_000, ge=1)
+    # An RFC 3161 time-stamping authority that stamps each checkpoint, and its CA certificate (PEM)
+    # that the tokens it returns are checked against before they are kept.
+    tsa_url: str | None = None
+    tsa_ca: Path | None = None
+    tsa_timeout_s: float = Field(default=10.0, gt=0)
+    # Records older than this many days (0: kept forever) are written to a signed archive in
+    # archive_dir, then removed from the database; each archive names the one before it.
+    retention_days: int = Field(default=0, ge=0)
+    archive_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuditSettings:
+        if self.tsa_url is not None and self.tsa_ca is None:
+            raise ValueError("audit.tsa_url needs audit.tsa_ca: the TSA's CA certificate checks its tokens")
+        if self.retention_days and self.archive_dir is None:
+            raise ValueError(
+                "audit.retention_days needs audit.archive_dir: old records are archived before removal"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BUS_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -274,6 +306,7 @@ class Settings(BaseSettings):
     national_axis: NationalAxisSettings = NationalAxisSettings()
     dashboard: DashboardSettings = DashboardSettings()
     revocation: RevocationSettings = RevocationSettings()
+    audit: AuditSettings = AuditSettings()
     # Agencies' API secrets kept out of the file: BUS_AGENCY_SECRETS='{"000.00.01.H99": "..."}'.
     # A value here wins over an agency's ``secret`` in the file.
     agency_secrets: dict[str, SecretStr] = {}

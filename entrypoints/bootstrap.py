@@ -9,6 +9,8 @@ adapters that implement them.
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import aio_pika
@@ -44,9 +46,13 @@ log = structlog.get_logger("bus.bootstrap")
 def open_store(settings: Settings) -> StatusStore:
     """The status store. ``hide_parameters``: a database error's message (logged) never carries a
     statement's values, among them envelope bodies and request nonces."""
-    return StatusStore.connect(
+    store = StatusStore.connect(
         settings.database.url, pool_size=settings.database.pool_size, hide_parameters=True
     )
+    # The process's audit chain names the node and the command that opened it (its first record).
+    command = os.path.basename(sys.argv[0]) + (f" {sys.argv[1]}" if len(sys.argv) > 1 else "")
+    store.configure_audit(enabled=settings.audit.enabled, node=str(settings.node.organ_id), command=command)
+    return store
 
 
 def broker_names(settings: Settings) -> BrokerNames:

@@ -24,6 +24,7 @@ from bus.pki import init_pki
 from bus.settings import load_topology
 from bus.xmlparse import parse_untrusted
 from entrypoints.cli_amqp import add_commands as add_amqp_commands
+from entrypoints.cli_audit import add_commands as add_audit_commands
 from entrypoints.cli_axis import add_commands as add_axis_commands
 from entrypoints.cli_operator import add_commands as add_operator_commands
 from entrypoints.cli_service import add_commands
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_commands(commands)
     add_axis_commands(commands)
     add_amqp_commands(commands)
+    add_audit_commands(commands)
     return parser
 
 

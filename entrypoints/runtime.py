@@ -37,6 +37,7 @@ from bus.replay import ReplayResult, replay
 from bus.settings import Settings, StoreSettings
 from bus.topology import AgencyTransport, Topology
 from entrypoints.amqp_agencies import AgencyLink, http_inboxes, start_agency_link
+from entrypoints.audit import audit_job, notary, record_start
 from entrypoints.bootstrap import (
     _cas_without_crl,
     broker_names,
@@ -68,6 +69,7 @@ class Node:
     crl_refresher: CrlRefresher | None = None
     agencies: AgencyLink | None = None  # the AMQP agencies' consumers (docs/amqp-agencies.md)
     collector: asyncio.Task[None] | None = None  # the body store's garbage collection
+    auditor: asyncio.Task[None] | None = None  # the audit log's checkpoints and retention
 
     def http_app(self) -> Starlette:
         """The agency API, with the operators' dashboard at ``/dashboard`` when operators are configured."""
@@ -98,6 +100,12 @@ class Node:
             where = safe_url(settings.database.url)
             raise ConfigError(f"cannot open the status store {where}: {exc}") from exc
         try:
+            # The configuration this process runs with, first in its audit chain (issue 15 item 1).
+            await record_start(store, settings, command="serve" if workers else "serve --no-workers")
+        except Exception as exc:
+            await store.close()
+            raise ConfigError(f"cannot write the audit log: {exc}") from exc
+        try:
             connection = await connect_broker(settings)
         except BrokerError:
             await store.close()
@@ -114,7 +122,9 @@ class Node:
         await declare.close()
         publisher = await new_publisher(connection, settings)
         bodies = BodyPolicy(settings.store.inline_max_bytes, settings.store.inline_max_recipients)
-        intake = Intake(topology, identity, publisher, store, policy, bodies=store, body_policy=bodies)
+        intake = Intake(
+            topology, identity, publisher, store, policy, bodies=store, body_policy=bodies, audit=store
+        )
         secrets = {str(a.organ_id): s for a in settings.agencies if (s := settings.secret_of(a)) is not None}
         api = ApiContext(
             topology,
@@ -124,6 +134,7 @@ class Node:
             max_body_bytes=settings.http.max_body_bytes,
             clock_skew_s=settings.http.clock_skew_s,
             metrics=NodeMetrics(),
+            notary=notary(settings, identity),
             readiness=Readiness(
                 {
                     "broker": broker_check(connection),
@@ -191,10 +202,17 @@ class Node:
             node.collector = asyncio.create_task(
                 _lead(collecting, lambda: _collect_bodies(store, settings.store))
             )
+            if settings.audit.enabled:
+                # Checkpoints, time-stamps and retention: one gateway at a time (entrypoints/audit.py).
+                auditing = store.leadership(f"{names.prefix}:audit", check_s=settings.store.leader_check_s)
+                node.auditor = asyncio.create_task(
+                    _lead(auditing, lambda: audit_job(store, settings, identity))
+                )
         return node
 
     async def stop(self) -> None:
         await cancel_task(self.collector)
+        await cancel_task(self.auditor)
         if self.axis is not None:
             with contextlib.suppress(Exception):
                 await self.axis.stop()
@@ -257,6 +275,8 @@ class Node:
             self.agencies = None
         await cancel_task(self.collector)
         self.collector = None
+        await cancel_task(self.auditor)
+        self.auditor = None
         if self.worker is not None:
             await self.worker.stop()  # no new messages; in-flight ones finish or return to the queue
         if self.dead_letters is not None:

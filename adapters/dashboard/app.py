@@ -20,7 +20,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from adapters.dashboard import dead_letter_pages, pages
-from adapters.dashboard.context import Dashboard, Form, LinkStatusSource, Replayer, first, guarded
+from adapters.dashboard.context import (
+    Dashboard,
+    Form,
+    LinkStatusSource,
+    Replayer,
+    first,
+    guarded,
+    operator_action,
+)
 from adapters.dashboard.redirects import RelativeRedirects
 from adapters.dashboard.render import HERE, SecurityHeaders, make_environment, read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
@@ -100,6 +108,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
     if not await dash.operators.check(username, first(form, "password")):
         # The same answer whichever of the two was wrong (Operators.check also takes the same time).
         log.warning("dashboard.login_failed", username=username[:64], client=client)
+        await operator_action(dash, "operator.login-failed", username, request)
         return dash.render(
             request,
             "login.html",
@@ -112,6 +121,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
         )
     await dash.throttle.succeeded(username, client)  # in the store before the next try reads it
     log.info("dashboard.login", operator=username, client=client)
+    await operator_action(dash, "operator.login", username, request)
     # A new session and CSRF token at login: a token seen before it is worth nothing after.
     operator = dash.sessions.new(username)
     redirect = RedirectResponse(dash.safe_next(request, target), status_code=303)
@@ -121,6 +131,7 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
 
 async def logout(dash: Dashboard, request: Request, session: Session, form: Form) -> Response:
     log.info("dashboard.logout", operator=session.username)
+    await operator_action(dash, "operator.logout", session.username, request)
     # Server-side, for every process: a copy of the cookie kept elsewhere stops working too.
     await dash.store.revoke_session(session.csrf, dt.datetime.fromtimestamp(session.expires, dt.UTC))
     response = RedirectResponse(dash.link(request, "login", {"logged_out": "1"}), status_code=303)

@@ -19,10 +19,20 @@ from adapters.dashboard.render import read_form
 from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec, SessionState
 from adapters.dashboard.throttle import LoginThrottle
 from adapters.store import StatusStore
+from bus.audit import Entry
 from bus.replay import ReplayResult
 from bus.settings import Settings
 
-__all__ = ["Dashboard", "Form", "Handler", "LinkStatusSource", "Replayer", "first", "guarded"]
+__all__ = [
+    "Dashboard",
+    "Form",
+    "Handler",
+    "LinkStatusSource",
+    "Replayer",
+    "first",
+    "guarded",
+    "operator_action",
+]
 
 log = structlog.get_logger("bus.dashboard")
 
@@ -146,3 +156,14 @@ def guarded(
         return await handler(dash, request, session, form)
 
     return endpoint
+
+
+async def operator_action(
+    dash: Dashboard, kind: str, operator: str | None, request: Request, **fields: Any
+) -> None:
+    """An operator's action in the audit log (issue 15: logins, logouts, failed logins, replays), with
+    the client's address. A log that cannot be written leaves the action logged here, and the error to
+    the caller: an operator action the log does not show must not pass silently."""
+    client = request.client.host if request.client is not None else None
+    entry = Entry(kind, dash.clock(), {**fields, "operator": (operator or "")[:64], "client": client})
+    await dash.store.audit_note(entry)

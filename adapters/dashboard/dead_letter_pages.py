@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from adapters.dashboard.context import Dashboard, Form, first, guarded
+from adapters.dashboard.context import Dashboard, Form, first, guarded, operator_action
 from adapters.dashboard.render import local_time
 from adapters.dashboard.sessions import Session
 from bus.errors import BusError
@@ -183,6 +183,14 @@ async def replay_submit(dash: Dashboard, request: Request, session: Session, for
         results={r.id: r.outcome.value for r in results},
         skipped=[letter for letter, _ in skipped],
     )
+    if results:
+        await operator_action(
+            dash,
+            "operator.replay",
+            session.username,
+            request,
+            results={str(r.id): r.outcome.value for r in results},
+        )
     outcome = {
         "e": int(dash.clock().timestamp()) + RESULT_TTL_S,
         "r": [[r.id, *describe(r)] for r in results],

@@ -44,6 +44,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         Route("/v1/acks", guarded(acks.acknowledge_many), methods=["POST"]),
         Route("/v1/sent", guarded(documents.sent), methods=["GET"]),
         Route("/v1/documents/{bus_id}", guarded(documents.document), methods=["GET"]),
+        Route("/v1/documents/{bus_id}/receipts", guarded(documents.receipts), methods=["GET"]),
         Route("/v1/agencies", guarded(agencies.agencies), methods=["GET"]),
         Route("/v1/openapi.json", meta.openapi, methods=["GET"]),
         Route("/healthz", meta.healthz, methods=["GET"]),

@@ -11,6 +11,7 @@ from adapters.http.health import Readiness
 from adapters.http.metrics import NodeMetrics
 from adapters.store import StatusStore
 from bus.intake import Intake
+from bus.receipts import Notary
 from bus.topology import Topology
 
 __all__ = ["ApiContext", "Resource"]
@@ -27,6 +28,8 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     readiness: Readiness = field(default_factory=Readiness)
+    # Signs the receipts senders get (bus/receipts.py); None: answers carry none (tools, some tests).
+    notary: Notary | None = None
 
 
 class Resource:

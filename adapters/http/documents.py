@@ -16,6 +16,7 @@ from adapters.http.limits import SENT_PAGE_DEFAULT, SENT_PAGE_MAX
 from adapters.http.payloads import sent_json, timeline_json
 from adapters.http.reading import bounded_int
 from bus.access import may_read
+from bus.receipts import receipts_from_records
 
 __all__ = ["Documents"]
 
@@ -52,3 +53,20 @@ class Documents(Resource):
             raise ApiError(404, "not-found", f"no document {echo(bus_id)} sent or received by {agency}")
         timeline = await self.ctx.store.timeline(bus_id)
         return JSONResponse({**sent_json(doc, rows), "timeline": timeline_json(timeline)})
+
+    async def receipts(self, request: Request) -> Response:
+        """The document's signed receipts, for its sender only (the sender's evidence): the acceptance
+        and each recipient's final acknowledgement, made from the audit log and signed now. Anyone else
+        gets the 404 of a document that does not exist."""
+        agency, _ = await authenticate(self.ctx, request)
+        bus_id = request.path_params["bus_id"]
+        doc = await self.ctx.store.document(bus_id)
+        mine = self.ctx.topology.agency(agency)
+        former = mine.aliases if mine else ()
+        if doc is None or not may_read(agency, former, doc.sender, ()):
+            raise ApiError(404, "not-found", f"no document {echo(bus_id)} sent by {agency}")
+        if self.ctx.notary is None:
+            raise ApiError(503, "unavailable", "this node signs no receipts (it has no signing key)")
+        records = await self.ctx.store.audit_of(bus_id)
+        signed = receipts_from_records(self.ctx.notary, [(r.chain, r.seq, r.sha256, r.data) for r in records])
+        return JSONResponse({"bus_id": bus_id, "receipts": signed})

@@ -6,6 +6,7 @@ there: a 100 MB one never is whole in memory (docs/data-path.md)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from starlette.requests import Request
@@ -78,16 +79,24 @@ class Envelopes(Resource):
             sender=accepted.sender,
             recipients=[str(d.addressed_to) for d in accepted.destinations],
         )
-        return JSONResponse(
-            {
-                "bus_id": accepted.bus_id,
-                "document_id": accepted.document_id,
-                "recipients": [
-                    {"organ_id": str(d.addressed_to), "route": d.kind.value} for d in accepted.destinations
-                ],
-            },
-            202,
-        )
+        answer: dict[str, Any] = {
+            "bus_id": accepted.bus_id,
+            "document_id": accepted.document_id,
+            "recipients": [
+                {"organ_id": str(d.addressed_to), "route": d.kind.value} for d in accepted.destinations
+            ],
+        }
+        if self.ctx.notary is not None and accepted.accepted_at is not None:
+            # Signed evidence of what the bus took (issue 15): `bus receipt verify` checks it.
+            answer["receipt"] = self.ctx.notary.accepted(
+                bus_id=accepted.bus_id,
+                document_id=accepted.document_id,
+                sender=accepted.sender,
+                sha256=accepted.received_sha256,
+                at=accepted.accepted_at,
+                recipients=accepted.recipients,
+            )
+        return JSONResponse(answer, 202)
 
 
 def _not_accepted(exc: Exception, sender: OrganId) -> ApiError:

@@ -265,6 +265,22 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/documents/{bus_id}/receipts": {
+            "get": {
+                "operationId": "receipts",
+                "summary": "A document's receipts signed by the bus (its sender only): the acceptance and "
+                "each recipient's final acknowledgement",
+                "parameters": [
+                    {"name": "bus_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _json("the receipts", _ref("Receipts")),
+                    **_SIGNED_ERRORS,
+                    "404": _error("no such document, or one you did not send"),
+                    "503": _error("this node has no signing key"),
+                },
+            }
+        },
         "/v1/agencies": {
             "get": {
                 "operationId": "agencies",

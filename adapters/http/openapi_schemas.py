@@ -51,9 +51,17 @@ _ERROR = _object(
     },
 )
 
+_JWS = _object(
+    ["protected", "payload", "signature"],
+    {"protected": {"type": "string"}, "payload": {"type": "string"}, "signature": {"type": "string"}},
+    description="a receipt signed by the bus: a flattened JSON Web Signature (RFC 7515) whose payload is "
+    "the receipt's JSON and whose header carries the bus's certificate chain (x5c); docs/audit.md",
+)
+
 _ACCEPTED = _object(
     ["bus_id", "document_id", "recipients"],
     {
+        "receipt": _JWS,
         "bus_id": {"type": "string", "format": "uuid"},
         "document_id": {"type": "string"},
         "recipients": {
@@ -220,7 +228,13 @@ _ACK_RESULTS = _object(
     },
 )
 
+_RECEIPTS = _object(
+    ["bus_id", "receipts"],
+    {"bus_id": {"type": "string"}, "receipts": {"type": "array", "items": _JWS}},
+)
+
 SCHEMAS: dict[str, Any] = {
+    "Receipts": _RECEIPTS,
     "Error": _ERROR,
     "Accepted": _ACCEPTED,
     "InboxItem": _INBOX_ITEM,

@@ -5,6 +5,7 @@ database cannot be reached), never SQLAlchemy's errors. The records it reads and
 (:mod:`bus.delivery`). Layout: adapters/store/store.py.
 """
 
+from adapters.store.audit import StoredCheckpoint, StoredRecord
 from adapters.store.dashboard_queries import (
     Cursor,
     DocumentDetail,
@@ -23,4 +24,6 @@ __all__ = [
     "InboxDepth",
     "SearchPage",
     "StatusStore",
+    "StoredCheckpoint",
+    "StoredRecord",
 ]

@@ -13,13 +13,14 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.store.base import StoreBase
+from adapters.store.audit import AuditLog
 from adapters.store.tables import axis_inbound
+from bus.audit import Entry
 
 __all__ = ["AxisInbound"]
 
 
-class AxisInbound(StoreBase):
+class AxisInbound(AuditLog):
     async def axis_inbound(self, doc_id: str) -> tuple[str | None, str | None]:
         """(what was decided, what the axis was last told) for the axis's *doc_id*; None for either
         when nothing is known."""
@@ -50,3 +51,4 @@ class AxisInbound(StoreBase):
         )
         async with self._begin() as conn:
             await conn.execute(statement)
+            self._audit(conn, [Entry("axis.inbound", at, {"axis_doc_id": doc_id, **values})])

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from adapters.store.base import utc
 from adapters.store.tables import axis_sends
 from adapters.store.timelines import TimelineWriter
+from bus.audit import Entry
 from bus.delivery import AxisSend, TimelineEvent
 
 __all__ = ["AxisSends"]
@@ -22,6 +23,13 @@ class AxisSends(TimelineWriter):
         """The ``sent-to-axis`` event and the kept copy, in one transaction (the relay then acks)."""
         async with self._begin() as conn:
             await self._events(conn, [(event, key)])
+            fields = {
+                "bus_id": send.bus_id,
+                "recipient": send.recipient,
+                "axis_doc_id": send.axis_doc_id,
+                "message_id": send.message_id,
+            }
+            self._audit(conn, [Entry("axis.sent", send.sent_at, fields)])
             await conn.execute(
                 self._insert_ignoring_duplicates(axis_sends),
                 {
@@ -87,5 +95,7 @@ class AxisSends(TimelineWriter):
             values["body"] = None
         async with self._begin() as conn:
             await conn.execute(update(axis_sends).where(axis_sends.c.id == send_id).values(**values))
+            if outcome is not None:
+                self._audit(conn, [Entry("axis.settled", at, {"send": send_id, "outcome": outcome})])
             if event is not None:
                 await self._events(conn, [event])

@@ -10,9 +10,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.store.audit import entry_fields
 from adapters.store.base import utc
 from adapters.store.tables import dead_letters, deliveries
 from adapters.store.timelines import TimelineWriter
+from bus.audit import Entry
 from bus.delivery import DeadLetter, DeliveryState, TimelineEvent
 
 __all__ = ["DeadLetters"]
@@ -74,6 +76,17 @@ class DeadLetters(TimelineWriter):
             )
             if not inserted.rowcount:
                 return False
+            fields = entry_fields(
+                dead_key=item.dead_key,
+                message_id=item.message_id,
+                bus_id=item.bus_id,
+                recipient=item.recipient,
+                sender=item.sender,
+                document_id=item.document_id,
+                source_queue=item.source_queue,
+                reason=item.reason,
+            )
+            self._audit(conn, [Entry("deadletter.kept", item.dead_at, fields)])
             if item.bus_id and item.recipient and await self._has_delivery(conn, item.bus_id, item.recipient):
                 event = TimelineEvent(
                     item.bus_id, item.recipient, DeliveryState.DEAD_LETTERED, item.dead_at, item.reason
@@ -133,6 +146,15 @@ class DeadLetters(TimelineWriter):
             if row is None:
                 return None
             item = dead_letter_from_row(row)
+            fields = entry_fields(
+                dead_letter=item.id,
+                message_id=item.message_id,
+                bus_id=item.bus_id,
+                recipient=item.recipient,
+                queue=item.source_queue,
+                replay_count=item.replay_count,
+            )
+            self._audit(conn, [Entry("deadletter.replayed", at, fields)])
             bus_id, recipient = item.bus_id, item.recipient
             if bus_id and recipient and await self._has_delivery(conn, bus_id, recipient):
                 detail = f"dead letter {item.id} replayed to {item.source_queue}"

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.store.audit import entry_fields
 from adapters.store.base import utc
 from adapters.store.group_commit import BatchCommit
 from adapters.store.tables import deliveries, documents, events
 from adapters.store.timelines import TimelineWriter
+from bus.audit import Entry
 from bus.delivery import AcceptedDocument, DeliveryRow, DeliveryState, TimelineEvent
 
 __all__ = ["Documents"]
@@ -26,6 +28,7 @@ Confirm = tuple[
     Sequence[str],
     Sequence[tuple[TimelineEvent, str]],
     tuple[str, Sequence[str], str] | None,
+    str | None,  # the SHA-256 of the envelope as sealed and delivered
 ]
 
 # PostgreSQL: a batch of intakes is a few statements of fixed text, whatever its size (as the events in
@@ -46,7 +49,10 @@ _PG_INSERT_DELIVERIES = text(
     "CAST(:route AS varchar[]), CAST(:state AS varchar[]), CAST(:at AS timestamptz[])) "
     "ON CONFLICT DO NOTHING"
 )
-_PG_CONFIRM = text("UPDATE documents SET confirmed = true WHERE bus_id = ANY(CAST(:bus AS varchar[]))")
+_PG_CONFIRM = text(
+    "UPDATE documents SET confirmed = true WHERE bus_id = ANY(CAST(:bus AS varchar[])) AND NOT confirmed "
+    "RETURNING bus_id"
+)
 
 
 def _document(row: Any) -> AcceptedDocument:
@@ -60,6 +66,31 @@ def _document(row: Any) -> AcceptedDocument:
         subject=row.subject,
         accepted_at=utc(row.accepted_at),
         envelope_sha256=row.envelope_sha256,
+    )
+
+
+def _accepted_entry(
+    document: AcceptedDocument,
+    recipients: Sequence[str],
+    business_status: tuple[str, Sequence[str], str] | None,
+    delivered_sha256: str | None,
+) -> Entry:
+    """The audit record of an acceptance: what was received (its SHA-256), sealed and delivered, to whom."""
+    return Entry(
+        "envelope.accepted",
+        document.accepted_at,
+        entry_fields(
+            bus_id=document.bus_id,
+            type=document.kind,
+            sender=document.sender,
+            document_id=document.document_id,
+            business_type=document.business_type,
+            code=document.code,
+            received_sha256=document.envelope_sha256,
+            delivered_sha256=delivered_sha256,
+            recipients=sorted(recipients),
+            concerns=None if business_status is None else business_status[0],
+        ),
     )
 
 
@@ -82,7 +113,9 @@ class Documents(TimelineWriter):
             documents.c.dedupe_key == bindparam("p_key")
         )
         self._q_confirm = (
-            update(documents).where(documents.c.bus_id == bindparam("p_bus")).values(confirmed=True)
+            update(documents)
+            .where(documents.c.bus_id == bindparam("p_bus"), documents.c.confirmed.is_(False))
+            .values(confirmed=True)
         )
         self._q_dedupe_many = select(
             documents.c.bus_id, documents.c.confirmed, documents.c.envelope_sha256, documents.c.dedupe_key
@@ -213,31 +246,44 @@ class Documents(TimelineWriter):
         links: Sequence[tuple[TimelineEvent, str]] = (),
         *,
         business_status: tuple[str, Sequence[str], str] | None = None,
+        delivered_sha256: str | None = None,
     ) -> None:
-        """The broker confirmed every delivery: the document is accepted (idempotent).
+        """The broker confirmed every delivery: the document is accepted (idempotent), and the audit log
+        records it once (with *delivered_sha256*, the digest of the envelope as sealed).
 
         *links* are ``(event, key)`` pairs written on the timelines of related documents (a status
         that came back, a revocation); *business_status* is ``(related bus id, recipient codes,
         code)``: the recipient's delivery of the related document shows the code.
         """
 
-        await self._confirms.run((document, recipients, links, business_status))
+        await self._confirms.run((document, recipients, links, business_status, delivered_sha256))
 
     async def _confirm_many(self, conn: AsyncConnection, batch: list[Confirm]) -> list[None]:
         if not self._set_based:
-            for document, recipients, links, business_status in batch:
-                await self._confirm_accept(conn, document, recipients, links, business_status)
+            for document, recipients, links, business_status, delivered in batch:
+                await self._confirm_accept(conn, document, recipients, links, business_status, delivered)
             return [None] * len(batch)
-        await conn.execute(_PG_CONFIRM, {"bus": [document.bus_id for document, _, _, _ in batch]})
+        confirmed = {
+            bus_id
+            for (bus_id,) in await conn.execute(
+                _PG_CONFIRM, {"bus": [document.bus_id for document, *_ in batch]}
+            )
+        }
+        accepted = []
+        for document, recipients, _, business_status, delivered in batch:
+            if document.bus_id in confirmed:  # confirmed now, not before: recorded once
+                confirmed.discard(document.bus_id)
+                accepted.append(_accepted_entry(document, recipients, business_status, delivered))
+        self._audit(conn, accepted)
         await self._events(
             conn,
             [
                 keyed
-                for document, recipients, links, _ in batch
+                for document, recipients, links, _, _ in batch
                 for keyed in (*_accepted(document, recipients), *links)
             ],
         )
-        for document, _, _, business_status in batch:
+        for document, _, _, business_status, _ in batch:
             if business_status is not None:
                 await self._business_status(conn, document, business_status)
         return [None] * len(batch)
@@ -249,8 +295,11 @@ class Documents(TimelineWriter):
         recipients: Sequence[str],
         links: Sequence[tuple[TimelineEvent, str]],
         business_status: tuple[str, Sequence[str], str] | None,
+        delivered_sha256: str | None,
     ) -> None:
-        await conn.execute(self._q_confirm, {"p_bus": document.bus_id})
+        confirmed = await conn.execute(self._q_confirm, {"p_bus": document.bus_id})
+        if confirmed.rowcount:
+            self._audit(conn, [_accepted_entry(document, recipients, business_status, delivered_sha256)])
         await self._events(conn, [*_accepted(document, recipients), *links])
         if business_status is not None:
             await self._business_status(conn, document, business_status)

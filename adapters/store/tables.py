@@ -24,6 +24,10 @@ from sqlalchemy import (
 
 __all__ = [
     "INBOX_PENDING",
+    "audit_archives",
+    "audit_chains",
+    "audit_checkpoints",
+    "audit_records",
     "axis_inbound",
     "axis_sends",
     "bodies",
@@ -260,4 +264,55 @@ axis_inbound = Table(
     Column("told", String(8)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_axis_inbound_updated_at", "updated_at"),
+)
+
+# The audit log (issue 15; adapters/store/audit.py, docs/audit.md). Each writing process appends to a
+# chain of its own; ``audit_chains`` holds each chain's head, moved in the transaction that appends.
+audit_chains = Table(
+    "audit_chains",
+    metadata,
+    Column("chain_id", String(96), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# A record's bytes (``record``: the JSON that was hashed) with what it is searched by beside them; the
+# verifier checks that those columns say what the bytes say.
+audit_records = Table(
+    "audit_records",
+    metadata,
+    Column("chain_id", String(96), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(48), nullable=False),
+    Column("bus_id", String(36)),
+    Column("sha256", String(64), nullable=False),
+    Column("record", Text, nullable=False),
+    Index("ix_audit_records_bus_id", "bus_id"),  # a document's receipts and evidence
+    Index("ix_audit_records_at", "at"),  # exports by date
+)
+
+# Signed checkpoints: the heads of every chain, each linked to the previous checkpoint by its hash.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("number", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("jws", Text, nullable=False),
+    Column("timestamp", LargeBinary),  # the RFC 3161 token over the payload's SHA-256, when one was got
+    Index("ix_audit_checkpoints_at", "at"),
+)
+
+# Archives retention wrote before removing old records: each names the one before it by its SHA-256.
+audit_archives = Table(
+    "audit_archives",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("last_checkpoint", BigInteger, nullable=False),
+    Column("written_at", DateTime(timezone=True), nullable=False),
 )

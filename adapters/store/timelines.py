@@ -23,9 +23,11 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.store.base import StoreBase, utc
+from adapters.store.audit import AuditLog, entry_fields
+from adapters.store.base import utc
 from adapters.store.group_commit import BatchCommit, Lane
 from adapters.store.tables import deliveries, events
+from bus.audit import Entry
 from bus.delivery import DeliveryRow, DeliveryState, TimelineEvent, replaceable_by
 
 __all__ = ["Plan", "TimelineWriter"]
@@ -86,7 +88,7 @@ def _layers(moving: Sequence[TimelineEvent]) -> list[list[TimelineEvent]]:
     return layers
 
 
-class TimelineWriter(StoreBase):
+class TimelineWriter(AuditLog):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         self._set_based = engine.dialect.name == "postgresql"
@@ -174,6 +176,19 @@ class TimelineWriter(StoreBase):
             added = await self._insert_events(conn, unique)
         else:
             added = {key for key, event in unique.items() if await self._event(conn, event, key=key)}
+        # The acceptance itself is one record of its own (documents.py), naming every recipient.
+        self._audit(
+            conn,
+            [
+                Entry(
+                    f"delivery.{e.state.value}" if e.recipient is not None else f"document.{e.state.value}",
+                    e.at,
+                    entry_fields(bus_id=e.bus_id, recipient=e.recipient, detail=e.detail, key=k),
+                )
+                for k, e in unique.items()
+                if k in added and e.state is not DeliveryState.ACCEPTED
+            ],
+        )
         # Deliveries are created in the accepted state: only later states move them.
         moving = [
             e

@@ -57,6 +57,7 @@ class FakeStore:
         self.accepted: dict[str, tuple[AcceptedDocument, list[tuple[str, str]]]] = {}
         self.links: list[tuple[TimelineEvent, str]] = []
         self.business_status: list[tuple[str, Sequence[str], str]] = []
+        self.delivered_sha256: dict[str, str | None] = {}
 
     async def begin_accept(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]], *, related: str | None = None
@@ -74,9 +75,11 @@ class FakeStore:
         links: Sequence[tuple[TimelineEvent, str]] = (),
         *,
         business_status: tuple[str, Sequence[str], str] | None = None,
+        delivered_sha256: str | None = None,
     ) -> None:
         stored, routes, _ = self.pending.pop(document.bus_id)
         self.accepted[document.bus_id] = (stored, routes)
+        self.delivered_sha256[document.bus_id] = delivered_sha256
         self.links += links
         if business_status is not None:
             self.business_status.append(business_status)
