@@ -678,20 +678,40 @@ async def main(args: argparse.Namespace) -> list[Run]:
                 ServeProcess(settings_file, free_port(), work / f"serve-{i}.log", _sampler(args, i))
                 for i in range(args.processes)
             ]
+            dsn = (
+                url.replace("postgresql+asyncpg://", "postgresql://", 1)
+                if args.database == "postgresql"
+                else None
+            )
             try:
                 if "amqp" in args.rows:
                     make_amqp_users(settings_file)
-                for server in servers:
-                    server.start()
-                for server in servers:
-                    await server.wait_ready()
-                dsn = (
-                    url.replace("postgresql+asyncpg://", "postgresql://", 1)
-                    if args.database == "postgresql"
-                    else None
-                )
-                return await _runs(args, settings, servers, AmqpAgencies(settings), pki, Counters(dsn))
+                if args.audit != "both":
+                    os.environ["BUS_AUDIT__ENABLED"] = "true" if args.audit == "on" else "false"
+                    await _start(servers)
+                    return await _runs(args, settings, servers, AmqpAgencies(settings), pki, Counters(dsn))
+                # The audit log's cost (issue 15 item 5): the same rows with it on and off, in one run,
+                # alternating (on, off, on, off, ...) so that other load falls on both.
+                runs: list[Run] = []
+                once = argparse.Namespace(**{**vars(args), "repeat": 1})
+                for _ in range(args.repeat):
+                    for mode in ("on", "off"):
+                        os.environ["BUS_AUDIT__ENABLED"] = "true" if mode == "on" else "false"
+                        await _start(servers)
+                        try:
+                            done = await _runs(
+                                once, settings, servers, AmqpAgencies(settings), pki, Counters(dsn)
+                            )
+                        finally:
+                            for server in servers:
+                                server.stop()
+                        for run in done:
+                            if run.baseline is not None:
+                                run.label += f" [audit {mode}]"
+                        runs += done
+                return runs
             finally:
+                os.environ.pop("BUS_AUDIT__ENABLED", None)
                 for server in servers:
                     server.stop()
 
@@ -700,6 +720,13 @@ async def main(args: argparse.Namespace) -> list[Run]:
                     await delete_amqp_objects(settings)
 
                 await clean_up(settings, f"{settings.amqp.prefix}.", delete)  # the users too
+
+
+async def _start(servers: list[ServeProcess]) -> None:
+    for server in servers:
+        server.start()
+    for server in servers:
+        await server.wait_ready()
 
 
 def _sampler(args: argparse.Namespace, index: int) -> tuple[str, ...]:
@@ -815,6 +842,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
             raw = by_label[bus.baseline]
             ratio = (bus.deliveries / bus.seconds) / (raw.deliveries / raw.seconds)
             print(f"- {bus.label}: {ratio:.0%} of the raw loop's delivery rate")
+    for on in runs:
+        if on.label.endswith(" [audit on]"):
+            off = by_label.get(on.label.removesuffix(" [audit on]") + " [audit off]")
+            if off is not None:
+                change = (on.deliveries / on.seconds) / (off.deliveries / off.seconds) - 1
+                print(f"- {on.label.removesuffix(' [audit on]')}: audit on {change:+.1%} against audit off")
 
 
 if __name__ == "__main__":
@@ -844,6 +877,12 @@ if __name__ == "__main__":
         type=Path,
         metavar="DIR",
         help="run bus serve under bench/cpu_sampler.py; DIR gets its stacks and summary",
+    )
+    parser.add_argument(
+        "--audit",
+        choices=("on", "off", "both"),
+        default="on",
+        help="the audit log in bus serve; both: each row with it on and off, alternating (its cost)",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="a few envelopes per row: checks that the benchmark runs"

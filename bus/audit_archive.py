@@ -32,7 +32,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bus.audit import Checkpoint, Head, Report, Verifier, iso
+from bus.audit import Checkpoint, Head, Report, Verifier, _claimed_time, iso, parse_iso
 from bus.dsig.trust import TrustStore
 from bus.jws import EvidenceError, canonical_json, verify
 
@@ -148,7 +148,14 @@ def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Ce
             raise EvidenceError(f"{path} is not an audit archive: {', '.join(sorted(missing))} missing")
         manifest_bytes = archive.read("manifest.json")
         try:
-            signed = verify(json.loads(archive.read("manifest.jws")), trust)
+            # The node's chain must have been valid when the archive was signed (its created_at), not
+            # today: an archive outlives the certificate that signed it.
+            created = json.loads(manifest_bytes).get("created_at")
+            signed = verify(
+                json.loads(archive.read("manifest.jws")),
+                trust,
+                at=parse_iso(created) if isinstance(created, str) else None,
+            )
         except (ValueError, EvidenceError) as exc:
             raise EvidenceError(f"{path}: manifest.jws does not check: {exc}") from exc
         if signed.payload != manifest_bytes:
@@ -164,7 +171,7 @@ def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Ce
             if first is None:
                 raise EvidenceError(f"{path}: the anchor, checkpoint {anchor_number}, is not in the archive")
             try:
-                value = verify(json.loads(first.jws), trust).value
+                value = verify(json.loads(first.jws), trust, at=_claimed_time(json.loads(first.jws))).value
             except (ValueError, EvidenceError) as exc:
                 raise EvidenceError(f"{path}: the anchor checkpoint does not check: {exc}") from exc
             anchor = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}

@@ -38,7 +38,11 @@ class Notary:
         self._chain = tuple(chain)
 
     def _sign(self, value: Mapping[str, Any]) -> dict[str, str]:
-        return sign(canonical_json({**value, "v": _VERSION, "node": self.node}), self._key, self._chain)
+        # signed_at: when this signature was made (a receipt of an old event is signed again on request,
+        # with the node's current certificate, which must be valid then, not at the event).
+        signed_at = iso(dt.datetime.now(dt.UTC))
+        payload = {**value, "v": _VERSION, "node": self.node, "signed_at": signed_at}
+        return sign(canonical_json(payload), self._key, self._chain)
 
     def accepted(
         self,
@@ -106,7 +110,8 @@ def verify_receipt(receipt: Any, trust: TrustStore) -> Signed:
     at = None
     if isinstance(receipt, dict) and isinstance(receipt.get("payload"), str):
         try:
-            at = parse_iso(json.loads(unb64url(receipt["payload"], "the payload"))["at"])
+            claimed = json.loads(unb64url(receipt["payload"], "the payload"))
+            at = parse_iso(claimed.get("signed_at") or claimed["at"])
         except (KeyError, TypeError, ValueError, EvidenceError):
             at = None
     signed = verify(receipt, trust, at=at)

@@ -9,6 +9,8 @@ import datetime as dt
 import hashlib
 import os
 import secrets
+import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ __all__ = [
 
 log = structlog.get_logger("bus.audit")
 
+_RETAIN_EVERY_S = 3600.0  # retention archives what aged out once an hour: one archive per hour at most
+
 
 def node_chain(settings: Settings, identity: NodeIdentity) -> list[x509.Certificate]:
     """The node's certificate and what follows it in its file (intermediates): a signature's ``x5c``."""
@@ -60,16 +64,33 @@ def signer(settings: Settings, identity: NodeIdentity) -> Callable[[bytes], dict
 def settings_record(settings: Settings) -> dict[str, Any]:
     """The configuration a process started with, secrets masked, and its SHA-256: two starts with other
     settings differ in the digest (and the record shows which section)."""
-    dumped = settings.model_dump(mode="json")  # SecretStr values come out masked
+    dumped = _without_passwords(settings.model_dump(mode="json"))  # SecretStr values come out masked
+    digest = hashlib.sha256(canonical_json(dumped)).hexdigest()
     agencies = dumped.pop("agencies", [])
     dumped.pop("agency_secrets", None)
     dumped.pop("amqp_passwords", None)
     return {
-        "settings_sha256": hashlib.sha256(canonical_json(settings.model_dump(mode="json"))).hexdigest(),
+        "settings_sha256": digest,
         "agencies": len(agencies),
         "agencies_sha256": hashlib.sha256(canonical_json(agencies)).hexdigest(),
         "settings": dumped,
     }
+
+
+def _without_passwords(value: Any) -> Any:
+    """*value* with the password of every URL in it masked (``amqp://guest:***@host``): a record cannot
+    be cleaned afterwards without breaking its chain, so no secret may ever enter one."""
+    if isinstance(value, dict):
+        return {k: _without_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_passwords(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            netloc = f"{parts.username or ''}:***@{host}"
+            return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return value
 
 
 async def record_start(store: StatusStore, settings: Settings, *, command: str) -> None:
@@ -142,6 +163,7 @@ async def audit_job(store: StatusStore, settings: Settings, identity: NodeIdenti
     """Checkpoints every ``checkpoint_interval_s`` (or ``checkpoint_records``), and retention."""
     audit = settings.audit
     poll_s = min(audit.checkpoint_interval_s, 2.0)
+    retained = -float("inf")
     while True:
         await asyncio.sleep(poll_s)
         try:
@@ -153,7 +175,8 @@ async def audit_job(store: StatusStore, settings: Settings, identity: NodeIdenti
                 waiting > 0 and (age is None or age.total_seconds() >= audit.checkpoint_interval_s)
             ):
                 await checkpoint_now(store, settings, identity)
-            if audit.retention_days:
+            if audit.retention_days and time.monotonic() - retained >= _RETAIN_EVERY_S:
+                retained = time.monotonic()
                 await retain(store, settings, identity)
         except BusError as exc:  # the database is down: the next round tries again
             log.error("audit.job_failed", error=str(exc))

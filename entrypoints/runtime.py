@@ -33,6 +33,7 @@ from bus.dsig.crl_metrics import RevocationCollector
 from bus.dsig.crl_refresh import CrlRefresher
 from bus.errors import BrokerError, ConfigError, StoreError
 from bus.intake import BodyPolicy, Intake
+from bus.receipts import Notary
 from bus.replay import ReplayResult, replay
 from bus.settings import Settings, StoreSettings
 from bus.topology import AgencyTransport, Topology
@@ -181,7 +182,7 @@ class Node:
             api.metrics.watch_axis(axis)
         dashboard = None
         if settings.dashboard.enabled:
-            dashboard = await _dashboard(settings, connection, names, store, axis)
+            dashboard = await _dashboard(settings, connection, names, store, axis, api.notary)
         log.info(
             "node.started",
             node=str(settings.node.organ_id),
@@ -385,9 +386,11 @@ async def _dashboard(
     names: BrokerNames,
     store: StatusStore,
     axis: AxisLink | None,
+    notary: Notary | None,
 ) -> Starlette:
-    """The operators' dashboard, with the two things it needs from the node: the national axis link's
-    state (with the outbound backlog from RabbitMQ) and replays through a confirming channel."""
+    """The operators' dashboard, with what it needs from the node: the national axis link's state
+    (with the outbound backlog from RabbitMQ), replays through a confirming channel, and the notary
+    that signs the receipts a document's page lists."""
     publisher = await new_publisher(connection, settings)
     peek = await connection.channel()
 
@@ -413,7 +416,9 @@ async def _dashboard(
 
     # Failed logins are counted in the store: every gateway behind the load balancer sees the same.
     throttle = LoginThrottle(store=store)
-    return create_dashboard(settings, store, link_status=link_status, replay=replay_ids, throttle=throttle)
+    return create_dashboard(
+        settings, store, link_status=link_status, replay=replay_ids, throttle=throttle, notary=notary
+    )
 
 
 async def _wait(event: asyncio.Event) -> None:

@@ -166,6 +166,13 @@ bus deadletters --config "$config"
 echo "dashboard: $url/dashboard/ (login van.hanh / demo-only-password) while bus serve runs:"
 echo "  bus serve --config $config"
 
+step "14b. Evidence: the audit log checked, exported and checked offline; a receipt checked"
+bus audit checkpoint --config "$config"
+bus audit verify --config "$config"
+bus audit export --config "$config" -o "$out/audit.zip"
+echo "the archive, checked with the CA certificate alone (as on another machine):"
+bus audit verify "$out/audit.zip" --ca "$out/pki/ca.pem"
+
 if [ -d ../shared/interop ]; then
   step "15. Real envelopes from ../shared/interop (see README: which pass and why not)"
   bus validate ../shared/interop/*/*.edxml 2>&1 || true

@@ -3,7 +3,8 @@
 Every page but the login form needs an operator's session (:mod:`adapters.dashboard.sessions`); every
 POST carries the session's CSRF token. Links are built from the mount point (``root_path``), so the
 app works under any prefix. Pages: documents (search), a document and its timeline, inboxes, the
-national-axis link (:mod:`adapters.dashboard.pages`), dead letters with replay
+national-axis link (:mod:`adapters.dashboard.pages`), a document's signed receipts
+(:mod:`adapters.dashboard.receipt_pages`), dead letters with replay
 (:mod:`adapters.dashboard.dead_letter_pages`).
 """
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from adapters.dashboard import dead_letter_pages, pages
+from adapters.dashboard import dead_letter_pages, pages, receipt_pages
 from adapters.dashboard.context import (
     Dashboard,
     Form,
@@ -35,6 +36,7 @@ from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec
 from adapters.dashboard.throttle import LoginThrottle
 from adapters.store import StatusStore
 from bus.errors import ConfigError
+from bus.receipts import Notary
 from bus.settings import Settings
 
 __all__ = ["create_dashboard"]
@@ -157,11 +159,13 @@ def create_dashboard(
     replay: Replayer,
     clock: Callable[[], dt.datetime] = _now,
     throttle: LoginThrottle | None = None,
+    notary: Notary | None = None,
 ) -> Starlette:
     """The dashboard app. *link_status* describes the national-axis link (see
     :class:`adapters.dashboard.pages.LinkView` for the keys read); *replay* sends dead letters back
     (:func:`bus.replay.replay` with the node's store, publisher and clock);
-    *throttle* admits login tries (:class:`adapters.dashboard.throttle.LoginThrottle`'s defaults)."""
+    *throttle* admits login tries (:class:`adapters.dashboard.throttle.LoginThrottle`'s defaults);
+    *notary* signs the receipts a document's page lists (none without it)."""
     if not settings.dashboard.enabled:
         raise ConfigError(
             "the dashboard has no operators: add [[dashboard.operators]] (bus operator-password)"
@@ -178,6 +182,7 @@ def create_dashboard(
         make_environment(),
         css=(HERE / "static" / "dashboard.css").read_bytes(),
         throttle=throttle or LoginThrottle(),
+        notary=notary,
     )
 
     def bind(
@@ -197,6 +202,7 @@ def create_dashboard(
         Route("/logout", guarded(dash, logout, post=True), methods=["POST"], name="logout"),
         Route("/static/dashboard.css", stylesheet, methods=["GET"], name="css"),
         *pages.routes(dash),
+        *receipt_pages.routes(dash),
         *dead_letter_pages.routes(dash),
     ]
     # RelativeRedirects: the router's own slash redirects (/dashboard/inboxes/ -> /dashboard/inboxes)

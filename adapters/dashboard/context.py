@@ -20,6 +20,7 @@ from adapters.dashboard.sessions import COOKIE, Operators, Session, SessionCodec
 from adapters.dashboard.throttle import LoginThrottle
 from adapters.store import StatusStore
 from bus.audit import Entry
+from bus.receipts import Notary
 from bus.replay import ReplayResult
 from bus.settings import Settings
 
@@ -57,6 +58,7 @@ class Dashboard:
     router: Router = field(default_factory=Router)
     css: bytes = b""
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    notary: Notary | None = None  # signs a document's receipts (bus/receipts.py); None: the node signs none
 
     @cached_property
     def agency_names(self) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Read-only pages: documents (search), one document with its timeline, inboxes, the national axis."""
+"""Read-only pages: documents (search), one document with its timeline and receipts, inboxes, the
+national axis."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from adapters.dashboard.context import Dashboard, Form, guarded
+from adapters.dashboard.receipt_pages import ReceiptView, receipts_of
 from adapters.dashboard.sessions import Session
 from adapters.store import Cursor, DocumentSearch
 from bus.checks import VN_TZ
@@ -122,7 +124,9 @@ async def document_page(dash: Dashboard, request: Request, session: Session, for
             message=f"Trục không có văn bản nào mang mã {bus_id[:64].replace(chr(0), '')}.",
         )
     timeline = await dash.store.timeline(bus_id)
-    return dash.render(request, "document.html", session, doc=detail, timeline=timeline)
+    signed = await receipts_of(dash, bus_id)
+    receipts = None if signed is None else [ReceiptView.of(i, r) for i, r in enumerate(signed)]
+    return dash.render(request, "document.html", session, doc=detail, timeline=timeline, receipts=receipts)
 
 
 @dataclass(frozen=True, slots=True)

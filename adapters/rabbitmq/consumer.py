@@ -258,8 +258,13 @@ class QueueConsumer(Generic[T]):
 
 
 async def cancel_task(task: asyncio.Task[None] | None) -> None:
-    """Cancel *task* and wait until it is done."""
-    if task is not None:
+    """Cancel *task* and wait until it is done. Cancelled again each second while it runs: a
+    cancellation absorbed somewhere below (a driver's clean-up, seen with SQLite during shutdown) must
+    not leave shutdown waiting forever."""
+    if task is None:
+        return
+    while not task.done():
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -132,14 +132,21 @@ class AuditLog(StoreBase):
             with self._translated():
                 async with self._engine.connect() as conn:
                     try:
+                        if not self._pg_audit and self._audit_on:
+                            # SQLite has one writer at a time: a transaction that wrote, waiting here for
+                            # the lock, would hold the database from the one holding the lock (a stall
+                            # until the busy timeout). Its transactions take the lock from the start.
+                            await chain.lock.acquire()
+                            locked = True
                         async with conn.begin():
                             yield conn
                             entries = self._pending_audit(conn)
                             if entries:
-                                await chain.lock.acquire()
-                                locked = True
+                                if not locked:
+                                    await chain.lock.acquire()
+                                    locked = True
                                 head = await self._append_audit(conn, entries)
-                        if locked:  # committed
+                        if entries:  # committed
                             chain.head, chain.opened = head, True
                     finally:
                         conn.info.pop(_AUDIT, None)
@@ -320,7 +327,8 @@ class AuditLog(StoreBase):
         only chains it names, to its heads."""
         query = select(audit_records).order_by(audit_records.c.chain_id, audit_records.c.seq)
         with self._translated():
-            async with self._reads.connect() as conn:
+            # In a transaction: asyncpg opens a server-side cursor only inside one.
+            async with self._engine.connect() as conn:
                 result = await conn.stream(query.execution_options(yield_per=1000))
                 async for row in result:
                     start = (after or {}).get(row.chain_id)

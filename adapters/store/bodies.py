@@ -18,8 +18,9 @@ from typing import IO
 from sqlalchemy import Exists, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.store.base import StoreBase
+from adapters.store.audit import AuditLog
 from adapters.store.tables import axis_sends, bodies, body_chunks, body_refs, dead_letters, deliveries, inbox
+from bus.audit import Entry
 from bus.delivery import DeliveryState
 from bus.errors import StoreError
 from bus.headers import BodyRef
@@ -89,7 +90,7 @@ def _holds(cutoff: dt.datetime) -> list[Exists]:
     return [exists(q) for q in (delivery_open, inbox_open, axis_open, dead_open)]
 
 
-class Bodies(StoreBase):
+class Bodies(AuditLog):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         ins = self._insert_ignoring_duplicates
@@ -277,6 +278,7 @@ class Bodies(StoreBase):
             if deleted:
                 await conn.execute(delete(body_chunks).where(body_chunks.c.sha256.in_(deleted)))
                 await conn.execute(delete(body_refs).where(body_refs.c.sha256.in_(deleted)))
+                self._audit(conn, [Entry("bodies.collected", now, {"sha256": sorted(deleted)})])
             return len(deleted)
 
     async def body_count(self) -> int:
