@@ -117,7 +117,8 @@ def seal(chain: str, head: Head, entries: Sequence[Entry]) -> list[SealedRecord]
         }
         data = canonical_json(value)
         prev = hashlib.sha256(data).hexdigest()
-        sealed.append(SealedRecord(chain, seq, entry.at, entry.kind, entry.bus_id, prev, data))
+        at = entry.at.astimezone(dt.UTC)  # the table keeps what the record says (SQLite drops offsets)
+        sealed.append(SealedRecord(chain, seq, at, entry.kind, entry.bus_id, prev, data))
     return sealed
 
 
@@ -268,7 +269,11 @@ class Verifier:
                     label,
                     f"links to a previous checkpoint with hash {value.get('prev')}, expected {prev_hash}",
                 )
-            heads = _heads(value)
+            try:
+                heads = _heads(value)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.problem(label, f"its signed payload lists its chains wrongly: {exc}")
+                heads = {}
             for chain, head in heads.items():
                 before = prev_heads.get(chain)
                 if before is not None and head.seq < before.seq:
@@ -362,6 +367,10 @@ class Verifier:
             when = parse_iso(at)
             self.report.first_at = when if self.report.first_at is None else min(self.report.first_at, when)
             self.report.last_at = when if self.report.last_at is None else max(self.report.last_at, when)
+
+    def heads(self) -> dict[str, Head]:
+        """Where each chain's records end (after :meth:`record` was fed them all)."""
+        return {chain: Head(state.seq, state.head) for chain, state in self._chains.items()}
 
     def finish(self) -> Report:
         """Heads that checkpoints signed but no record matched; records after the last checkpoint."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bus.dsig.keys import SigningKey, raw_sign, raw_verify
 from bus.dsig.trust import TrustStore, describe
@@ -103,6 +103,11 @@ def verify(jws: Any, trust: TrustStore, *, at: dt.datetime | None = None) -> Sig
         chain = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in encoded]
     except (binascii.Error, ValueError) as exc:
         raise EvidenceError(f"a certificate of the JWS's x5c cannot be read: {exc}") from exc
+    key = chain[0].public_key()
+    if alg == "ES256" and not (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        raise EvidenceError("ES256 needs a P-256 key; the signer's certificate holds another")
     payload = unb64url(jws["payload"], "the payload")
     signature = unb64url(jws["signature"], "the signature")
     signing_input = f"{jws['protected']}.{jws['payload']}".encode("ascii")

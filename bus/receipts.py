@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -22,7 +22,17 @@ from bus.dsig.keys import SigningKey
 from bus.dsig.trust import TrustStore
 from bus.jws import EvidenceError, Signed, canonical_json, sign, unb64url, verify
 
-__all__ = ["ACCEPTED", "DELIVERED", "Notary", "receipts_from_records", "verify_receipt"]
+if TYPE_CHECKING:
+    from bus.intake import Accepted
+
+__all__ = [
+    "ACCEPTED",
+    "DELIVERED",
+    "Notary",
+    "acceptance_receipt",
+    "receipts_from_records",
+    "verify_receipt",
+]
 
 ACCEPTED = "bus-receipt-accepted"
 DELIVERED = "bus-receipt-delivered"
@@ -95,6 +105,20 @@ class Notary:
         if reason:
             value["reason"] = reason
         return self._sign(value)
+
+
+def acceptance_receipt(notary: Notary, accepted: Accepted) -> dict[str, str] | None:
+    """The receipt an accepted envelope's answer carries (HTTP 202, the AMQP agencies' reply)."""
+    if accepted.accepted_at is None:
+        return None
+    return notary.accepted(
+        bus_id=accepted.bus_id,
+        document_id=accepted.document_id,
+        sender=accepted.sender,
+        sha256=accepted.received_sha256,
+        at=accepted.accepted_at,
+        recipients=accepted.recipients,
+    )
 
 
 def verify_receipt(receipt: Any, trust: TrustStore) -> Signed:

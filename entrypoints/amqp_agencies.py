@@ -26,7 +26,8 @@ from adapters.store import StatusStore
 from bus.intake import Intake
 from bus.settings import Settings
 from bus.topology import AgencyTransport, Topology
-from entrypoints.bootstrap import new_publisher
+from entrypoints.audit import notary
+from entrypoints.bootstrap import new_publisher, node_identity
 
 __all__ = ["AgencyLink", "http_inboxes", "refusal_of", "start_agency_link"]
 
@@ -79,7 +80,16 @@ async def start_agency_link(
     )
     intake_channel = await connection.channel()
     await intake_channel.set_qos(prefetch_count=settings.amqp.intake_prefetch)
-    agency_intake = AgencyIntake(intake_channel, names, users, intake, store, replies, refusal_of)
+    agency_intake = AgencyIntake(
+        intake_channel,
+        names,
+        users,
+        intake,
+        store,
+        replies,
+        refusal_of,
+        notary=notary(settings, node_identity(settings)),
+    )
     acks_channel = await connection.channel()
     await acks_channel.set_qos(prefetch_count=ACKS_PREFETCH)
     acks = AgencyAcks(

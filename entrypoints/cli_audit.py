@@ -8,15 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import sys
 from pathlib import Path
 
-from bus.audit import Report, Verifier, iso
+from bus.audit import GENESIS, Head, Report, Verifier, iso
 from bus.audit_archive import verify_archive
 from bus.dsig import TrustStore, load_certificates
 from bus.errors import ConfigError
-from bus.jws import EvidenceError
+from bus.jws import EvidenceError, unb64url
 from bus.receipts import verify_receipt
 from bus.settings import Settings, load_settings
 from entrypoints.audit import checkpoint_now, export_archive
@@ -59,6 +60,15 @@ async def verify_live(settings: Settings, trust: TrustStore, tsa_trust: list) ->
         anchor = await store.audit_anchor()
         verifier = Verifier(trust, tsa_trust=tsa_trust, anchor=None if anchor is None else anchor.heads)
         checkpoints = await store.audit_checkpoints(first=None if anchor is None else anchor.number)
+        for c in checkpoints:  # the columns beside a checkpoint must say what its JWS signed
+            try:
+                signed = unb64url(json.loads(c.jws)["payload"], "the payload")
+            except (ValueError, KeyError, TypeError, EvidenceError):
+                continue  # reported below with the signature
+            if signed != c.payload or hashlib.sha256(c.payload).hexdigest() != c.sha256:
+                verifier.problem(
+                    f"checkpoint {c.number}", "its payload or sha256 column is not what its JWS signed"
+                )
         verifier.check_checkpoints(
             [c.as_checkpoint() for c in checkpoints],
             where="checkpoint",
@@ -73,6 +83,17 @@ async def verify_live(settings: Settings, trust: TrustStore, tsa_trust: list) ->
                 r.data,
                 {"kind": r.kind, "at": iso(r.at), "bus_id": r.bus_id},
             )
+        kept = verifier.heads()
+        for chain, head in sorted((await store.audit_heads()).items()):
+            found = kept.get(
+                chain, Head(0, GENESIS) if anchor is None else anchor.heads.get(chain, Head(0, GENESIS))
+            )
+            if head.seq and (found.seq, found.sha256) != (head.seq, head.sha256):
+                verifier.problem(
+                    f"chain {chain}",
+                    f"audit_chains says its head is seq {head.seq} ({head.sha256}), but its records end at "
+                    f"seq {found.seq} ({found.sha256}): records at its end were deleted or added",
+                )
         return verifier.finish()
     finally:
         await store.close()

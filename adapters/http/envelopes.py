@@ -18,6 +18,7 @@ from adapters.http.errors import ApiError, api_error, echo
 from adapters.http.reading import media_type
 from bus.errors import BrokerError, RevocationUnknownError, StoreError
 from bus.organ_id import OrganId
+from bus.receipts import acceptance_receipt
 
 __all__ = ["Envelopes"]
 
@@ -86,16 +87,10 @@ class Envelopes(Resource):
                 {"organ_id": str(d.addressed_to), "route": d.kind.value} for d in accepted.destinations
             ],
         }
-        if self.ctx.notary is not None and accepted.accepted_at is not None:
-            # Signed evidence of what the bus took (issue 15): `bus receipt verify` checks it.
-            answer["receipt"] = self.ctx.notary.accepted(
-                bus_id=accepted.bus_id,
-                document_id=accepted.document_id,
-                sender=accepted.sender,
-                sha256=accepted.received_sha256,
-                at=accepted.accepted_at,
-                recipients=accepted.recipients,
-            )
+        # Signed evidence of what the bus took (issue 15): `bus receipt verify` checks it.
+        receipt = None if self.ctx.notary is None else acceptance_receipt(self.ctx.notary, accepted)
+        if receipt is not None:
+            answer["receipt"] = receipt
         return JSONResponse(answer, 202)
 
 

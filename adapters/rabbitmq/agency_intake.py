@@ -34,6 +34,7 @@ from bus.delivery import AcceptedDocument, DeliveryRow
 from bus.errors import DuplicateEnvelopeError, StoreError
 from bus.intake import Accepted
 from bus.organ_id import OrganId
+from bus.receipts import Notary, acceptance_receipt
 from bus.topology import Agency
 
 __all__ = ["OUTCOME_UNKNOWN", "AgencyIntake", "IntakePort", "IntakeRecordsPort", "accepted_answer"]
@@ -60,9 +61,10 @@ class IntakeRecordsPort(Protocol):
     async def deliveries(self, bus_id: str) -> list[DeliveryRow]: ...
 
 
-def accepted_answer(accepted: Accepted) -> dict[str, Any]:
-    """The reply to an accepted envelope: the HTTP API's 202 body, with its status."""
-    return {
+def accepted_answer(accepted: Accepted, notary: Notary | None = None) -> dict[str, Any]:
+    """The reply to an accepted envelope: the HTTP API's 202 body (its receipt too), with its status."""
+    receipt = None if notary is None else acceptance_receipt(notary, accepted)
+    return ({} if receipt is None else {"receipt": receipt}) | {
         "status": 202,
         "bus_id": accepted.bus_id,
         "document_id": accepted.document_id,
@@ -82,8 +84,11 @@ class AgencyIntake(QueueConsumer[None]):
         records: IntakeRecordsPort,
         replies: ReplyPort,
         refusal_of: RefusalOf,
+        *,
+        notary: Notary | None = None,
     ) -> None:
         super().__init__(channel, None, name="agency_intake", pause_s=1.0)
+        self._notary = notary
         self._queue = names.agency_intake
         self._users = users
         self._intake = intake
@@ -141,7 +146,7 @@ class AgencyIntake(QueueConsumer[None]):
             sender=accepted.sender,
             recipients=[str(d.addressed_to) for d in accepted.destinations],
         )
-        return accepted_answer(accepted)
+        return accepted_answer(accepted, self._notary)
 
     def _refusal(self, exc: Exception) -> Refusal:
         """The HTTP API's answer to what the intake raised (as ``POST /v1/envelopes`` gives it)."""

@@ -198,6 +198,8 @@ class AuditLog(StoreBase):
             if attempt:
                 break
             head = await self._read_head(conn)
+            if not chain.opened and head.seq > 0:
+                entries = entries[1:]  # the chain was opened by a commit whose answer was lost
         raise RuntimeError(f"audit chain {chain.id} moved while this process held its lock")
 
     async def _read_head(self, conn: AsyncConnection) -> Head:
@@ -319,6 +321,12 @@ class AuditLog(StoreBase):
             return int(total), await self._last_checkpoint(conn)
 
     # -- reading ------------------------------------------------------------------------------------
+
+    async def audit_heads(self) -> dict[str, Head]:
+        """Each chain's head as ``audit_chains`` keeps it (moved in the transaction of each append)."""
+        query = select(audit_chains.c.chain_id, audit_chains.c.seq, audit_chains.c.head)
+        async with self._connect() as conn:
+            return {r.chain_id: Head(int(r.seq), r.head) for r in await conn.execute(query)}
 
     async def audit_records(
         self, *, after: Mapping[str, Head] | None = None, upto: Mapping[str, Head] | None = None

@@ -94,8 +94,21 @@ class AxisSends(TimelineWriter):
         if outcome is not None:
             values["body"] = None
         async with self._begin() as conn:
-            await conn.execute(update(axis_sends).where(axis_sends.c.id == send_id).values(**values))
-            if outcome is not None:
-                self._audit(conn, [Entry("axis.settled", at, {"send": send_id, "outcome": outcome})])
+            settled = (
+                await conn.execute(
+                    update(axis_sends)
+                    .where(axis_sends.c.id == send_id)
+                    .values(**values)
+                    .returning(axis_sends.c.bus_id, axis_sends.c.recipient, axis_sends.c.axis_doc_id)
+                )
+            ).first()
+            if outcome is not None and settled is not None:
+                fields = {
+                    "bus_id": settled.bus_id,
+                    "recipient": settled.recipient,
+                    "axis_doc_id": settled.axis_doc_id,
+                    "outcome": outcome,
+                }
+                self._audit(conn, [Entry("axis.settled", at, fields)])
             if event is not None:
                 await self._events(conn, [event])
