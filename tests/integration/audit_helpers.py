@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete, insert, select, text, update
 
 from adapters.store import StatusStore
-from adapters.store.tables import audit_records
+from adapters.store.tables import audit_checkpoints, audit_records
 from bus.audit import Report, sign_checkpoint
 from bus.delivery import AcceptedDocument
 from bus.dsig import TrustStore
@@ -344,6 +344,37 @@ async def truncated(node: Node) -> Callable[[Report], None]:
     return check
 
 
+async def tail_cut_from_the_table(node: Node) -> Callable[[Report], None]:
+    """The last record deleted, ``audit_chains`` left: the chain's head no longer matches its records."""
+    last = await _row(node.store, node.chain, 7)
+    await execute(node.store, delete(audit_records).where(_where(node.chain, 7)))
+
+    def check(report: Report) -> None:
+        reported(
+            report,
+            f"chain {node.chain}",
+            f"audit_chains says its head is seq 7 ({last.sha256}), but its records end at seq 6",
+            "deleted or added",
+        )
+
+    return check
+
+
+async def checkpoint_column_changed(node: Node) -> Callable[[Report], None]:
+    """A checkpoint's payload column changed, its JWS left (what retention's anchor is read from)."""
+    await execute(
+        node.store,
+        update(audit_checkpoints)
+        .where(audit_checkpoints.c.number == 1)
+        .values(payload=audit_checkpoints.c.payload + " "),
+    )
+
+    def check(report: Report) -> None:
+        reported(report, "checkpoint 1", "its payload or sha256 column is not what its JWS signed")
+
+    return check
+
+
 TAMPERINGS: list[Tamper] = [
     untouched,
     changed_in_place,
@@ -354,4 +385,6 @@ TAMPERINGS: list[Tamper] = [
     forged_in_place_of_another,
     swapped,
     truncated,
+    tail_cut_from_the_table,
+    checkpoint_column_changed,
 ]

@@ -7,6 +7,7 @@ and deletes the users and broker objects it made."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import subprocess
@@ -27,7 +28,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from adapters.rabbitmq import BrokerNames, declare_topology
+from bus.dsig import TrustStore
 from bus.organ_id import OrganId
+from bus.receipts import verify_receipt
 from bus.settings import Settings, load_settings
 from entrypoints.runtime import Node
 from tests.factory import make_document
@@ -225,6 +228,11 @@ async def test_a_signed_envelope_sent_over_amqp_reaches_an_amqp_and_an_http_reci
         {"organ_id": DISTRICT, "route": "local"},
     ]
     bus_id = answer["bus_id"]
+    # The reply carries the acceptance receipt, as the HTTP 202 does (issue 15 item 4).
+    receipt = verify_receipt(answer["receipt"], TrustStore.from_pem_files([pki_dir / "ca.pem"])).value
+    assert (receipt["bus_id"], receipt["sender"]) == (bus_id, SENDER)
+    assert receipt["recipients"] == sorted([COMMUNE, DISTRICT])
+    assert receipt["sha256"] == hashlib.sha256(envelope).hexdigest()
     async with CLIENT.AgencyConnection(_url(node.settings, COMMUNE), COMMUNE, prefix=prefix) as commune:
         [delivered] = await _received(commune, 1)
     assert delivered.message_id == f"{bus_id}|{COMMUNE}"
