@@ -12,11 +12,13 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bus.audit import Entry
 from bus.delivery import DeadLetter
 from bus.errors import BusError, StoreError
 from bus.passwords import hash_password
@@ -131,7 +133,21 @@ async def _replay(settings: Settings, ids: list[int]) -> list[ReplayResult]:
         connection = await connect_broker_once(settings)
         try:
             publisher = await new_publisher(connection, settings)
-            return await replay(store, publisher, ids, dt.datetime.now(dt.UTC))
+            results = await replay(store, publisher, ids, dt.datetime.now(dt.UTC))
+            if results:
+                # An operator's action (issue 15): who, from which machine, what came of it.
+                await store.audit_note(
+                    Entry(
+                        "operator.replay",
+                        dt.datetime.now(dt.UTC),
+                        {
+                            "operator": getpass.getuser(),
+                            "client": f"bus replay on {socket.gethostname()}",
+                            "results": {str(r.id): r.outcome.value for r in results},
+                        },
+                    )
+                )
+            return results
         finally:
             await connection.close()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import datetime as dt
 import inspect
 import json
@@ -475,6 +476,15 @@ async def test_cli_lists_and_replays_dead_letters(
     assert capsys.readouterr().out.startswith(
         f"{item.id}: replayed AGAIN to {names.inbox(COMMUNE)} (replay 2;"
     )
+    # Each replay is an operator's action in the audit log, with who ran it (issue 15 item 1).
+    actions = [
+        json.loads(r.data) async for r in store.audit_records() if r.kind == "operator.replay"
+    ]
+    assert [a["results"] for a in actions] == [
+        {str(item.id): "replayed", "999999": "unknown"},
+        {str(item.id): "replayed-again"},
+    ]
+    assert all(a["operator"] == getpass.getuser() for a in actions)
 
     assert await asyncio.to_thread(bus, "deadletters", "--config", config, "--json") == 0
     assert json.loads(capsys.readouterr().out) == []  # replayed ones are not listed by default
