@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus.dsig.trust import TrustStore
-from bus.jws import EvidenceError, Signed, canonical_json, sign, unb64url, verify
+from bus.jws import EvidenceError, Signed, canonical_json, check_node, sign, unb64url, verify
 
 __all__ = [
     "GENESIS",
@@ -173,6 +173,7 @@ class Report:
     timestamped: int = 0
     uncovered: int = 0  # records after the last checkpoint's heads
     unstamped: int = 0  # checkpoints without a time-stamp
+    signers: set[str] = field(default_factory=set)  # the nodes (OrganIds) whose keys signed checkpoints
     problems: list[Problem] = field(default_factory=list)
     first_at: dt.datetime | None = None
     last_at: dt.datetime | None = None
@@ -192,6 +193,8 @@ class Report:
             f"({self.timestamped} time-stamped, {self.unstamped} without one); "
             f"{self.uncovered} records after the last checkpoint",
         ]
+        if self.signers:
+            lines.append(f"checkpoints signed by node {', '.join(sorted(self.signers))}")
         lines += [f"PROBLEM {p}" for p in self.problems]
         lines.append("OK: the log is intact" if self.ok else f"FAILED: {len(self.problems)} problems")
         return "\n".join(lines)
@@ -218,7 +221,11 @@ class Verifier:
         tsa_trust: Sequence[Any] = (),
         anchor: Mapping[str, Head] | None = None,
         max_problems: int = 1000,
+        node: str | None = None,
+        require_timestamps: bool = False,
     ) -> None:
+        self._node = node
+        self._require_timestamps = require_timestamps
         self._trust = trust
         self._tsa_trust = list(tsa_trust)
         self._start = dict(anchor or {})
@@ -248,11 +255,13 @@ class Verifier:
                 jws = json.loads(checkpoint.jws)
                 at = _claimed_time(jws)
                 result = verify(jws, self._trust, at=at)
-            except (EvidenceError, ValueError) as exc:
+                check_node(result, self._node)
+            except (EvidenceError, ValueError, RecursionError, TypeError) as exc:
                 self.problem(label, f"its signature does not check: {exc}")
                 prev_hash, prev_number = None, checkpoint.number
                 continue
             value = result.value
+            self.report.signers.add(str(value.get("node")))
             digest = hashlib.sha256(result.payload).hexdigest()
             if value.get("type") != CHECKPOINT_TYPE or value.get("number") != checkpoint.number:
                 self.problem(label, f"the signed payload is checkpoint {value.get('number')!r}, not this one")
@@ -283,6 +292,10 @@ class Verifier:
                 self.problem(label, f"chain {chain} of the previous checkpoint is missing")
             if checkpoint.timestamp is not None:
                 self._check_timestamp(label, checkpoint.timestamp, result.payload, parse_iso(value["at"]))
+            elif self._require_timestamps:
+                # Asked for: a checkpoint whose token was removed (with the chains rewritten and signed
+                # again by someone holding the node key) must not pass as one the TSA never answered.
+                self.problem(label, "has no time-stamp, and time-stamps are required")
             else:
                 self.report.unstamped += 1  # the TSA was unreachable then (or none was configured)
             self.report.checkpoints += 1
@@ -322,17 +335,20 @@ class Verifier:
         what the table keeps beside the bytes, to search by) are checked against *data*."""
         self.report.records += 1
         actual = hashlib.sha256(data).hexdigest()
+        parsed: dict[str, Any] | None
         try:
-            value = json.loads(data)
-            if not isinstance(value, dict):
+            loaded = json.loads(data)
+            if not isinstance(loaded, dict):
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+            parsed = loaded
+        except (ValueError, RecursionError) as exc:
             self.problem(where, f"is not a JSON record: {exc}")
-            value = {}
+            parsed = None
+        value = parsed if parsed is not None else {}
         if actual != sha256:
             self.problem(where, f"its bytes hash to {actual}, but {sha256} is stored: the record was changed")
         for name, stored in (("chain", chain), ("seq", seq), *columns.items()):
-            if value and value.get(name) != stored:
+            if parsed is not None and value.get(name) != stored:
                 self.problem(where, f"{name} is {stored!r} beside the record, {value.get(name)!r} inside it")
         state = self._chains.get(chain)
         if state is None:
@@ -348,7 +364,7 @@ class Verifier:
                 self.problem(
                     where, f"comes after seq {state.seq}: a record out of order, repeated or inserted"
                 )
-        if value and value.get("prev") != state.head:
+        if parsed is not None and value.get("prev") != state.head:
             self.problem(
                 where,
                 f"its prev is {value.get('prev')}, but the record before it (seq {state.seq}) hashes to "

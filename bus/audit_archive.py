@@ -34,11 +34,15 @@ from cryptography.hazmat.primitives import serialization
 
 from bus.audit import Checkpoint, Head, Report, Verifier, _claimed_time, iso, parse_iso
 from bus.dsig.trust import TrustStore
-from bus.jws import EvidenceError, canonical_json, verify
+from bus.jws import EvidenceError, canonical_json, check_node, verify
 
 __all__ = ["ARCHIVE_TYPE", "ArchiveWriter", "verify_archive"]
 
 ARCHIVE_TYPE = "bus-audit-archive"
+# What an archive may hold before it is refused unread (a record is a few KB; a checkpoint lists chains).
+_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+_MAX_RECORDS_BYTES = 1 << 40
+_MAX_LINE_BYTES = 16 * 1024 * 1024
 _README = """Audit archive of an inter-agency document exchange bus.
 
 Check it offline:  bus audit verify THIS-FILE --ca CA.pem [--tsa-ca TSA-CA.pem]
@@ -134,15 +138,59 @@ def _member_sha256(archive: zipfile.ZipFile, name: str) -> str:
     return digest.hexdigest()
 
 
-def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Certificate] = ()) -> Report:
+def verify_archive(
+    path: Path,
+    trust: TrustStore,
+    *,
+    tsa_trust: Sequence[x509.Certificate] = (),
+    node: str | None = None,
+    require_timestamps: bool = False,
+) -> Report:
     """Check an archive: its signed manifest, each file's digest, the checkpoints and every record.
-    Problems name the file and line; :class:`EvidenceError` only when it is not an archive at all."""
+    Problems name the file and line; :class:`EvidenceError` only when it is not an archive at all. An
+    archive is untrusted input: whatever it holds ends in a report or that error, never a crash."""
+    try:
+        return _verify_archive(
+            path, trust, tsa_trust=tsa_trust, node=node, require_timestamps=require_timestamps
+        )
+    except EvidenceError:
+        raise
+    except (
+        AttributeError,
+        TypeError,
+        KeyError,
+        ValueError,
+        RecursionError,
+        NotImplementedError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+    ) as exc:
+        raise EvidenceError(f"{path} is not a valid audit archive: {type(exc).__name__}: {exc}") from exc
+
+
+def _verify_archive(
+    path: Path,
+    trust: TrustStore,
+    *,
+    tsa_trust: Sequence[x509.Certificate],
+    node: str | None,
+    require_timestamps: bool,
+) -> Report:
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise EvidenceError(f"{path} is not an audit archive (a ZIP file): {exc}") from exc
     with archive:
-        names = set(archive.namelist())
+        listed = archive.namelist()
+        names = set(listed)
+        if len(names) != len(listed):  # two members of one name: which would an expert have read?
+            raise EvidenceError(f"{path}: a member name appears twice; an archive of the bus has each once")
+        for info in archive.infolist():
+            limit = _MAX_RECORDS_BYTES if info.filename == "records.jsonl" else _MAX_MEMBER_BYTES
+            if info.file_size > limit:
+                raise EvidenceError(f"{path}: {info.filename} declares {info.file_size} bytes, over {limit}")
         missing = {"manifest.json", "manifest.jws", "records.jsonl", "checkpoints.jsonl"} - names
         if missing:
             raise EvidenceError(f"{path} is not an audit archive: {', '.join(sorted(missing))} missing")
@@ -158,6 +206,10 @@ def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Ce
             )
         except (ValueError, EvidenceError) as exc:
             raise EvidenceError(f"{path}: manifest.jws does not check: {exc}") from exc
+        try:
+            check_node(signed, node)
+        except EvidenceError as exc:
+            raise EvidenceError(f"{path}: manifest.jws: {exc}") from exc
         if signed.payload != manifest_bytes:
             raise EvidenceError(f"{path}: manifest.json is not what manifest.jws signed: it was changed")
         manifest: dict[str, Any] = signed.value
@@ -175,7 +227,13 @@ def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Ce
             except (ValueError, EvidenceError) as exc:
                 raise EvidenceError(f"{path}: the anchor checkpoint does not check: {exc}") from exc
             anchor = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}
-        verifier = Verifier(trust, tsa_trust=tsa_trust, anchor=anchor)
+        verifier = Verifier(
+            trust,
+            tsa_trust=tsa_trust,
+            anchor=anchor,
+            node=signed.value.get("node"),
+            require_timestamps=require_timestamps,
+        )
         for name, expected in sorted(manifest.get("files", {}).items()):
             if name not in names:
                 verifier.problem(name, "is missing from the archive")
@@ -186,12 +244,16 @@ def verify_archive(path: Path, trust: TrustStore, *, tsa_trust: Sequence[x509.Ce
                 )
         verifier.check_checkpoints(checkpoints, where="checkpoints.jsonl: checkpoint")
         with archive.open("records.jsonl") as records:
-            for number, line in enumerate(records, start=1):
+            for number, line in enumerate(iter(lambda: records.readline(_MAX_LINE_BYTES), b""), start=1):
+                if not line.endswith(b"\n") and len(line) == _MAX_LINE_BYTES:
+                    raise EvidenceError(
+                        f"{path}: records.jsonl line {number} is over {_MAX_LINE_BYTES} bytes"
+                    )
                 data = line.rstrip(b"\n")
                 try:
                     value = json.loads(data)
                     chain, seq = str(value["chain"]), int(value["seq"])
-                except (ValueError, KeyError, TypeError) as exc:
+                except (ValueError, KeyError, TypeError, RecursionError) as exc:
                     verifier.problem(f"records.jsonl line {number}", f"is not a record: {exc}")
                     continue
                 where = f"records.jsonl line {number} (chain {chain}, seq {seq})"

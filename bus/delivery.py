@@ -134,6 +134,9 @@ class TimelineEvent:
     state: DeliveryState
     at: dt.datetime
     detail: str | None = None
+    # The SHA-256 of the bytes put in the recipient's inbox (``queued``): its audit record keeps it, and
+    # its delivery receipt names it (a retried intake seals the envelope again: other bytes).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

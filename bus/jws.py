@@ -23,12 +23,23 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from bus.dsig.keys import SigningKey, raw_sign, raw_verify
 from bus.dsig.trust import TrustStore, describe
 from bus.errors import CertificateError, InputError, SignatureError
 
-__all__ = ["EvidenceError", "Signed", "b64url", "canonical_json", "sign", "unb64url", "verify"]
+__all__ = [
+    "EvidenceError",
+    "Signed",
+    "b64url",
+    "canonical_json",
+    "check_node",
+    "organ_id_of",
+    "sign",
+    "unb64url",
+    "verify",
+]
 
 
 class EvidenceError(InputError):
@@ -65,6 +76,24 @@ class Signed:
     @property
     def signer(self) -> x509.Certificate:
         return self.chain[0]
+
+
+def organ_id_of(certificate: x509.Certificate) -> str | None:
+    """The OrganId a certificate names (its UID attribute), the identity of a node or an agency."""
+    values = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+    return str(values[0].value) if values else None
+
+
+def check_node(signed: Signed, node: str | None) -> None:
+    """A payload says which node signed it (``node``): its certificate must name that OrganId, and, when
+    *node* is given (the bus node the verifier expects), be that node's. Any certificate of the CA (an
+    agency's too) makes a valid signature: this is what tells the bus's evidence from an agency's."""
+    claimed = signed.value.get("node")
+    actual = organ_id_of(signed.signer)
+    if claimed != actual:
+        raise EvidenceError(f"it says node {claimed!r} signed it, but the certificate is {actual!r}'s")
+    if node is not None and actual != node:
+        raise EvidenceError(f"signed by {actual!r}, not by the bus node {node!r}")
 
 
 def sign(payload: bytes, key: SigningKey, chain: Sequence[x509.Certificate]) -> dict[str, str]:

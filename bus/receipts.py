@@ -20,7 +20,7 @@ from cryptography import x509
 from bus.audit import iso, parse_iso
 from bus.dsig.keys import SigningKey
 from bus.dsig.trust import TrustStore
-from bus.jws import EvidenceError, Signed, canonical_json, sign, unb64url, verify
+from bus.jws import EvidenceError, Signed, canonical_json, check_node, sign, unb64url, verify
 
 if TYPE_CHECKING:
     from bus.intake import Accepted
@@ -121,7 +121,7 @@ def acceptance_receipt(notary: Notary, accepted: Accepted) -> dict[str, str] | N
     )
 
 
-def verify_receipt(receipt: Any, trust: TrustStore) -> Signed:
+def verify_receipt(receipt: Any, trust: TrustStore, *, node: str | None = None) -> Signed:
     """Check a receipt (the JWS as parsed JSON, or its JSON text): its signature, its signer's chain at
     the time the receipt states, and that it is a receipt. :class:`EvidenceError` says what failed."""
     if isinstance(receipt, (str, bytes)):
@@ -141,6 +141,7 @@ def verify_receipt(receipt: Any, trust: TrustStore) -> Signed:
     signed = verify(receipt, trust, at=at)
     if signed.value.get("type") not in (ACCEPTED, DELIVERED):
         raise EvidenceError(f"a signed {signed.value.get('type')!r}, not a receipt of the bus")
+    check_node(signed, node)
     return signed
 
 
@@ -152,8 +153,16 @@ def receipts_from_records(
     recipient, signed now. Each names its record, which anyone can find in the log or an archive."""
     receipts: list[dict[str, str]] = []
     accepted: dict[str, Any] | None = None
-    for chain, seq, sha256, data in records:
-        value = json.loads(data)
+    given: dict[str, str] = {}  # recipient -> the SHA-256 of what its inbox was given
+    values = [json.loads(data) for _, _, _, data in records]
+    for value in values:
+        if value.get("kind") == "delivery.queued" and value.get("sha256"):
+            given[value["recipient"]] = value["sha256"]
+    # The acceptance first, whatever the gateways' clocks put before it.
+    order = sorted(range(len(records)), key=lambda i: values[i].get("kind") != "envelope.accepted")
+    for index in order:
+        chain, seq, sha256, _ = records[index]
+        value = values[index]
         audit = {"chain": chain, "seq": seq, "record": sha256}
         if value.get("kind") == "envelope.accepted":
             accepted = value
@@ -177,7 +186,7 @@ def receipts_from_records(
                     recipient=value["recipient"],
                     state=value["kind"].removeprefix("delivery."),
                     at=parse_iso(value["at"]),
-                    sha256=accepted.get("delivered_sha256"),
+                    sha256=given.get(value["recipient"], accepted.get("delivered_sha256")),
                     reason=value.get("detail"),
                     audit=audit,
                 )

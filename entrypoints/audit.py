@@ -42,6 +42,8 @@ __all__ = [
 
 log = structlog.get_logger("bus.audit")
 
+# Never in a record: an operator's scrypt hash would be copied to every archive given to an expert.
+_SECRET_KEYS = frozenset({"password_hash", "secret", "session_secret", "management_password"})
 _RETAIN_EVERY_S = 3600.0  # retention archives what aged out once an hour: one archive per hour at most
 
 
@@ -81,15 +83,18 @@ def _without_passwords(value: Any) -> Any:
     """*value* with the password of every URL in it masked (``amqp://guest:***@host``): a record cannot
     be cleaned afterwards without breaking its chain, so no secret may ever enter one."""
     if isinstance(value, dict):
-        return {k: _without_passwords(v) for k, v in value.items()}
+        return {k: "**********" if k in _SECRET_KEYS else _without_passwords(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_passwords(v) for v in value]
-    if isinstance(value, str) and "://" in value and "@" in value:
+    if isinstance(value, str) and "://" in value:
         parts = urllib.parse.urlsplit(value)
+        masked = parts
+        if parts.query and "password" in parts.query.lower():
+            masked = masked._replace(query="***")  # a DSN's ?password=…
         if parts.password is not None:
             host = parts.netloc.rsplit("@", 1)[1]
-            netloc = f"{parts.username or ''}:***@{host}"
-            return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+            masked = masked._replace(netloc=f"{parts.username or ''}:***@{host}")
+        return value if masked == parts else urllib.parse.urlunsplit(masked)
     return value
 
 
@@ -180,6 +185,8 @@ async def audit_job(store: StatusStore, settings: Settings, identity: NodeIdenti
                 await retain(store, settings, identity)
         except BusError as exc:  # the database is down: the next round tries again
             log.error("audit.job_failed", error=str(exc))
+        except Exception:  # a full disk, an unreadable archive_dir: logged, tried again, never silent
+            log.exception("audit.job_failed")
 
 
 async def export_archive(
@@ -224,6 +231,11 @@ async def export_archive(
         raise
     with path.open("rb") as written:
         os.fsync(written.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the archive's name too, before retention deletes what it holds
+    finally:
+        os.close(directory)
     return digest, writer.records
 
 

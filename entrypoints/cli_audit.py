@@ -53,12 +53,24 @@ def _date(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone(dt.timedelta(hours=7)))
 
 
-async def verify_live(settings: Settings, trust: TrustStore, tsa_trust: list) -> Report:  # type: ignore[type-arg]
+async def verify_live(
+    settings: Settings,
+    trust: TrustStore,
+    tsa_trust: list,  # type: ignore[type-arg]
+    *,
+    require_timestamps: bool = False,
+) -> Report:
     """The whole log in the database: from the archived anchor (or each chain's first record) on."""
     store = open_store(settings)
     try:
         anchor = await store.audit_anchor()
-        verifier = Verifier(trust, tsa_trust=tsa_trust, anchor=None if anchor is None else anchor.heads)
+        verifier = Verifier(
+            trust,
+            tsa_trust=tsa_trust,
+            anchor=None if anchor is None else anchor.heads,
+            node=str(settings.node.organ_id),  # checkpoints signed by this bus node, no other
+            require_timestamps=require_timestamps,
+        )
         checkpoints = await store.audit_checkpoints(first=None if anchor is None else anchor.number)
         for c in checkpoints:  # the columns beside a checkpoint must say what its JWS signed
             try:
@@ -110,13 +122,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     tsa = _tsa(args.tsa_ca, settings)
     if args.archive is not None:
         try:
-            return _print(verify_archive(args.archive, trust, tsa_trust=tsa))
+            report = verify_archive(
+                args.archive, trust, tsa_trust=tsa, node=args.node, require_timestamps=args.require_timestamps
+            )
+            return _print(report)
         except EvidenceError as exc:
             print(f"FAILED: {exc}")
             return EXIT_BAD_INPUT
     if settings is None:
         raise ConfigError("name an archive to check, or --config to check the log in the database")
-    return _print(asyncio.run(verify_live(settings, trust, tsa)))
+    # With a TSA configured, every checkpoint is expected to carry a time-stamp.
+    required = args.require_timestamps or settings.audit.tsa_url is not None
+    return _print(asyncio.run(verify_live(settings, trust, tsa, require_timestamps=required)))
 
 
 async def _export(settings: Settings, args: argparse.Namespace) -> tuple[str, int, int | None, int | None]:
@@ -191,7 +208,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
         for index, receipt in enumerate(receipts):
             label = f"{path}" if len(receipts) == 1 else f"{path} [{index}]"
             try:
-                signed = verify_receipt(receipt, trust)
+                signed = verify_receipt(receipt, trust, node=args.node)
             except EvidenceError as exc:
                 print(f"{label}: INVALID: {exc}")
                 status = EXIT_BAD_INPUT
@@ -204,7 +221,8 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
             )
             print(
                 f"{label}: OK: {v.get('bus_id')} ({v.get('document_id')}) {what} at {v.get('at')}, "
-                f"SHA-256 {v.get('sha256')}; signed by {signed.signer.subject.rfc4514_string()}"
+                f"SHA-256 {v.get('sha256')}; signed by node {v.get('node')} "
+                f"({signed.signer.subject.rfc4514_string()})"
             )
     return status
 
@@ -220,6 +238,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     verify.add_argument("--config", type=Path)
     verify.add_argument("--ca", type=Path, action="append", help="CA certificate (PEM) of the node's key")
     verify.add_argument("--tsa-ca", type=Path, action="append", help="CA certificate (PEM) of the TSA")
+    verify.add_argument(
+        "--node", help="the bus node's OrganId: an archive signed by any other certificate of the CA fails"
+    )
+    verify.add_argument(
+        "--require-timestamps",
+        action="store_true",
+        help="a checkpoint without a time-stamp is a problem (the default with [audit] tsa_url)",
+    )
     verify.set_defaults(handler=cmd_audit_verify)
     export = audit.add_parser("export", help="write a period of the log as a self-contained signed archive")
     export.add_argument("--config", required=True, type=Path)
@@ -243,4 +269,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     receipt_verify = receipt.add_parser("verify", help="check receipts (files of JSON, '-' for stdin)")
     receipt_verify.add_argument("files", nargs="+", type=Path)
     receipt_verify.add_argument("--ca", type=Path, action="append", required=True)
+    receipt_verify.add_argument(
+        "--node", help="the bus node's OrganId: a receipt signed by any other certificate of the CA fails"
+    )
     receipt_verify.set_defaults(handler=cmd_receipt_verify)

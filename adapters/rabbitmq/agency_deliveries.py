@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -163,7 +164,10 @@ class AgencyDeliveries(QueueConsumer[None]):
         again while the store fails. A delivery whose document this store never recorded (a database
         restored from an older backup) still reaches the agency; it has no timeline to write on."""
         headers = parsed.headers
-        event = TimelineEvent(headers.bus_id, headers.recipient, DeliveryState.QUEUED, self._clock())
+        given = headers.body.sha256 if headers.body is not None else hashlib.sha256(parsed.body).hexdigest()
+        event = TimelineEvent(
+            headers.bus_id, headers.recipient, DeliveryState.QUEUED, self._clock(), sha256=given
+        )
         delay = self._store_retry_s
         while True:
             try:

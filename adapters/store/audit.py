@@ -149,7 +149,8 @@ class AuditLog(StoreBase):
                         if entries:  # committed
                             chain.head, chain.opened = head, True
                     finally:
-                        conn.info.pop(_AUDIT, None)
+                        if not conn.invalidated and not conn.closed:
+                            conn.info.pop(_AUDIT, None)
         finally:
             if locked:
                 chain.lock.release()
@@ -424,8 +425,11 @@ class AuditLog(StoreBase):
 
 def _checkpoint(row: Any) -> StoredCheckpoint:
     payload = row.payload.encode("utf-8")
-    value = json.loads(payload)
-    heads = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}
+    try:
+        value = json.loads(payload)
+        heads = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}
+    except (ValueError, KeyError, TypeError):  # changed in the table: the verifier compares it with its JWS
+        heads = {}
     return StoredCheckpoint(int(row.number), utc(row.at), row.sha256, payload, row.jws, row.timestamp, heads)
 
 

@@ -29,8 +29,7 @@ class AxisSends(TimelineWriter):
                 "axis_doc_id": send.axis_doc_id,
                 "message_id": send.message_id,
             }
-            self._audit(conn, [Entry("axis.sent", send.sent_at, fields)])
-            await conn.execute(
+            kept = await conn.execute(
                 self._insert_ignoring_duplicates(axis_sends),
                 {
                     "bus_id": send.bus_id,
@@ -43,6 +42,8 @@ class AxisSends(TimelineWriter):
                     "sent_at": send.sent_at,
                 },
             )
+            if kept.rowcount:  # not for the same send written again (a redelivered message)
+                self._audit(conn, [Entry("axis.sent", send.sent_at, fields)])
 
     async def unconfirmed_axis_sends(self, sent_before: dt.datetime, *, limit: int = 100) -> list[AxisSend]:
         """Sends not yet confirmed by the axis, sent (and last checked) before *sent_before*; without

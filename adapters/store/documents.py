@@ -94,6 +94,22 @@ def _accepted_entry(
     )
 
 
+def _received_entry(document: AcceptedDocument, recipients: Sequence[tuple[str, str]]) -> Entry:
+    """The audit record of an intake's first write: the document and its deliveries exist (unconfirmed)
+    from here, whether or not the broker's confirms follow (then ``envelope.accepted``)."""
+    return Entry(
+        "envelope.received",
+        document.accepted_at,
+        entry_fields(
+            bus_id=document.bus_id,
+            sender=document.sender,
+            document_id=document.document_id,
+            received_sha256=document.envelope_sha256,
+            recipients=sorted(recipient for recipient, _ in recipients),
+        ),
+    )
+
+
 def _accepted(document: AcceptedDocument, recipients: Sequence[str]) -> list[tuple[TimelineEvent, str]]:
     return [
         (
@@ -165,6 +181,7 @@ class Documents(TimelineWriter):
         if missing:
             earlier = {r.dedupe_key: r for r in await conn.execute(self._q_dedupe_many, {"p_keys": missing})}
         results: list[str | None] = []
+        received: list[Entry] = []
         rows: list[tuple[str, str, str, dt.datetime]] = []
         for document, recipients, _ in batch:
             bus_id = document.bus_id
@@ -177,6 +194,8 @@ class Documents(TimelineWriter):
                     continue
                 bus_id = row.bus_id
             rows += [(bus_id, recipient, route, document.accepted_at) for recipient, route in recipients]
+            if document.bus_id in inserted:
+                received.append(_received_entry(document, recipients))
             results.append(None)
         if rows:
             await conn.execute(
@@ -189,6 +208,7 @@ class Documents(TimelineWriter):
                     "at": [at for _, _, _, at in rows],
                 },
             )
+        self._audit(conn, received)
         return results
 
     async def _begin_accept(
@@ -197,6 +217,8 @@ class Documents(TimelineWriter):
         document: AcceptedDocument,
         recipients: Sequence[tuple[str, str]],
         related: str | None,
+        *,
+        received: bool = True,
     ) -> str | None:
         inserted = await conn.execute(
             self._ins_documents,
@@ -216,7 +238,9 @@ class Documents(TimelineWriter):
             },
         )
         bus_id = document.bus_id
-        if not inserted.rowcount:  # an earlier attempt or an earlier document: which one?
+        if inserted.rowcount and received:
+            self._audit(conn, [_received_entry(document, recipients)])
+        else:  # an earlier attempt or an earlier document: which one?
             row = (await conn.execute(self._q_dedupe, {"p_key": document.dedupe_key})).one()
             if row.confirmed or row.envelope_sha256 != document.envelope_sha256:
                 # Confirmed: a duplicate. Unconfirmed but other bytes: an attempt that may have
@@ -320,10 +344,12 @@ class Documents(TimelineWriter):
     async def record_accepted(
         self, document: AcceptedDocument, recipients: Sequence[tuple[str, str]]
     ) -> bool:
-        """Begin and confirm at once (for tests and relays); False, writing nothing, for a duplicate."""
-        if await self.begin_accept(document, recipients) is not None:
-            return False
-        await self.confirm_accept(document, [recipient for recipient, _ in recipients])
+        """Begin and confirm at once, in one transaction (tools and tests: nothing is published in
+        between, so the acceptance is the one audit record); False, writing nothing, for a duplicate."""
+        async with self._begin() as conn:
+            if await self._begin_accept(conn, document, recipients, None, received=False) is not None:
+                return False
+            await self._confirm_accept(conn, document, [r for r, _ in recipients], (), None, None)
         return True
 
     async def original(self, sender: str, document_id: str) -> tuple[str, list[str]] | None:

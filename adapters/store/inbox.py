@@ -147,7 +147,13 @@ class Inboxes(Bodies, TimelineWriter):
                     )
                 }
                 queued = [
-                    TimelineEvent(i.bus_id, i.addressed_to, DeliveryState.QUEUED, i.received_at)
+                    TimelineEvent(
+                        i.bus_id,
+                        i.addressed_to,
+                        DeliveryState.QUEUED,
+                        i.received_at,
+                        sha256=shas[i.message_id],
+                    )
                     for i in fresh.values()
                     if i.bus_id in known
                 ]

@@ -183,7 +183,9 @@ class TimelineWriter(AuditLog):
                 Entry(
                     f"delivery.{e.state.value}" if e.recipient is not None else f"document.{e.state.value}",
                     e.at,
-                    entry_fields(bus_id=e.bus_id, recipient=e.recipient, detail=e.detail, key=k),
+                    entry_fields(
+                        bus_id=e.bus_id, recipient=e.recipient, detail=e.detail, key=k, sha256=e.sha256
+                    ),
                 )
                 for k, e in unique.items()
                 if k in added and e.state is not DeliveryState.ACCEPTED

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import datetime as dt
+import getpass
 import inspect
 import json
 import time
@@ -477,9 +477,7 @@ async def test_cli_lists_and_replays_dead_letters(
         f"{item.id}: replayed AGAIN to {names.inbox(COMMUNE)} (replay 2;"
     )
     # Each replay is an operator's action in the audit log, with who ran it (issue 15 item 1).
-    actions = [
-        json.loads(r.data) async for r in store.audit_records() if r.kind == "operator.replay"
-    ]
+    actions = [json.loads(r.data) async for r in store.audit_records() if r.kind == "operator.replay"]
     assert [a["results"] for a in actions] == [
         {str(item.id): "replayed", "999999": "unknown"},
         {str(item.id): "replayed-again"},
