@@ -20,7 +20,7 @@ from bus.dsig import TrustStore
 from bus.jws import EvidenceError, canonical_json, sign
 from bus.pki import Issued, issue_certificate, make_ca
 from bus.receipts import Notary, receipts_from_records, verify_receipt
-from entrypoints.audit import checkpoint_now, settings_record
+from entrypoints.audit import checkpoint_now, record_start, settings_record
 from entrypoints.bootstrap import node_identity
 from tests.integration.audit_helpers import (
     NODE,
@@ -224,3 +224,14 @@ async def test_no_secret_enters_the_start_up_record(tmp_path: Path, audit_pki: A
     assert "demo-only" not in record  # the example's agency and dashboard secrets
     assert "scrypt" not in record  # operators' password hashes
     assert "**********" in record  # what was there is said to be masked, not dropped unseen
+
+
+async def test_a_gateway_with_the_log_off_still_records_that_it_started_so(
+    tmp_path: Path, audit_pki: AuditPki
+) -> None:
+    async with node_on("sqlite", tmp_path, audit_pki) as node:
+        node.store.configure_audit(enabled=False, node=NODE)
+        await record_start(node.store, node.settings, command="serve")
+        await accept(node.store, 1)  # a state change: not recorded with the log off
+        kinds = [r.kind async for r in node.store.audit_records()]
+    assert kinds == ["chain.opened", "node.started"]

@@ -477,7 +477,11 @@ async def test_cli_lists_and_replays_dead_letters(
         f"{item.id}: replayed AGAIN to {names.inbox(COMMUNE)} (replay 2;"
     )
     # Each replay is an operator's action in the audit log, with who ran it (issue 15 item 1).
-    actions = [json.loads(r.data) async for r in store.audit_records() if r.kind == "operator.replay"]
+    # (each `bus replay` is a process's chain of its own: in the order they ran, not by chain id)
+    actions = sorted(
+        [json.loads(r.data) async for r in store.audit_records() if r.kind == "operator.replay"],
+        key=lambda a: str(a["at"]),
+    )
     assert [a["results"] for a in actions] == [
         {str(item.id): "replayed", "999999": "unknown"},
         {str(item.id): "replayed-again"},
