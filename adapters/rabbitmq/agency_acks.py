@@ -28,7 +28,14 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from adapters.rabbitmq.agency_replies import INTERNAL, Refusal, RefusalOf, ReplyPort, sender_of
+from adapters.rabbitmq.agency_replies import (
+    INTERNAL,
+    Refusal,
+    RefusalOf,
+    ReplyPort,
+    answer_then_ack,
+    sender_of,
+)
 from adapters.rabbitmq.consumer import QueueConsumer
 from adapters.rabbitmq.names import BrokerNames
 from bus.access import ACKNOWLEDGEMENT_FORM, Acknowledgement, acknowledgement, confirm_acknowledged
@@ -138,8 +145,7 @@ class AgencyAcks(QueueConsumer[None]):
             self._inflight.add(task)
         try:
             answer = await self.answer(message)
-            await self._replies.reply(message.reply_to, message.correlation_id, answer)
-            await self._ack(message, correlation_id=message.correlation_id or "")
+            await answer_then_ack(self._replies, message, answer, self._ack)
         finally:
             self._inflight.discard(task)
 

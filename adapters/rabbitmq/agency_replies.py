@@ -19,13 +19,13 @@ answer, sends again.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
 
 from adapters.rabbitmq.names import BrokerNames
@@ -40,6 +40,7 @@ __all__ = [
     "Replies",
     "ReplyPort",
     "agencies_by_user",
+    "answer_then_ack",
     "sender_of",
 ]
 
@@ -129,3 +130,24 @@ class Replies:
             log.warning("agency.reply_lost", correlation_id=correlation_id, error=type(exc).__name__)
             return False
         return True
+
+
+async def answer_then_ack(
+    replies: ReplyPort,
+    message: AbstractIncomingMessage,
+    answer: Mapping[str, Any],
+    ack: Callable[..., Awaitable[None]],
+) -> None:
+    """Reply, then acknowledge *message* (every durable step is done by then); a message delivered
+    **again** is acknowledged first. Its first reply may be what failed: RabbitMQ 3.10 closes the whole
+    connection (541 INTERNAL_ERROR) on a reply to a direct reply-to address of a node that died, which
+    took the acknowledgement with it, so the same message came back, and the same reply closed the
+    connection again, forever (seen in the cluster test). Acknowledged first, it cannot come back; the
+    agency that had no answer sends the envelope again and is told it was accepted (docs/amqp-agencies.md)."""
+    correlation_id = message.correlation_id or ""
+    if message.redelivered:
+        await ack(message, correlation_id=correlation_id)
+        await replies.reply(message.reply_to, message.correlation_id, answer)
+        return
+    await replies.reply(message.reply_to, message.correlation_id, answer)
+    await ack(message, correlation_id=correlation_id)
