@@ -166,7 +166,7 @@ bus deadletters --config "$config"
 echo "dashboard: $url/dashboard/ (login van.hanh / demo-only-password) while bus serve runs:"
 echo "  bus serve --config $config"
 
-step "14b. Evidence: the audit log checked, exported and checked offline; a receipt checked"
+step "14b. Evidence: the audit log checked, exported and checked offline"
 bus audit checkpoint --config "$config"
 bus audit verify --config "$config"
 bus audit export --config "$config" -o "$out/audit.zip"
