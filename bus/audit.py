@@ -47,6 +47,8 @@ __all__ = [
     "SealedRecord",
     "Verifier",
     "checkpoint_payload",
+    "claimed_time",
+    "heads_of",
     "iso",
     "seal",
     "sign_checkpoint",
@@ -253,7 +255,7 @@ class Verifier:
             label = f"{where} {checkpoint.number}"
             try:
                 jws = json.loads(checkpoint.jws)
-                at = _claimed_time(jws)
+                at = claimed_time(jws)
                 result = verify(jws, self._trust, at=at)
                 check_node(result, self._node)
             except (EvidenceError, ValueError, RecursionError, TypeError) as exc:
@@ -279,7 +281,7 @@ class Verifier:
                     f"links to a previous checkpoint with hash {value.get('prev')}, expected {prev_hash}",
                 )
             try:
-                heads = _heads(value)
+                heads = heads_of(value)
             except (KeyError, TypeError, ValueError) as exc:
                 self.problem(label, f"its signed payload lists its chains wrongly: {exc}")
                 heads = {}
@@ -407,17 +409,20 @@ class Verifier:
         return self.report
 
 
-def _heads(value: Mapping[str, Any]) -> dict[str, Head]:
+def heads_of(value: Mapping[str, Any]) -> dict[str, Head]:
+    """A checkpoint payload's ``chains``, by chain (KeyError, TypeError or ValueError if malformed)."""
     heads = {}
     for item in value.get("chains", []):
         heads[str(item["chain"])] = Head(int(item["seq"]), str(item["head"]))
     return heads
 
 
-def _claimed_time(jws: Any) -> dt.datetime | None:
-    """The time a payload says it was signed at (the chain must be valid then), read before checking."""
+def claimed_time(jws: Any, *fields: str) -> dt.datetime | None:
+    """The time a JWS's payload says it was signed at, read before checking it (its signer's chain must
+    be valid then): the first of *fields* (``at`` when none are named) it has; None if it has none."""
     try:
         value = json.loads(unb64url(jws["payload"], "the payload"))
-        return parse_iso(value["at"])
-    except (KeyError, TypeError, ValueError, EvidenceError):
+        found = next(value[f] for f in fields or ("at",) if value.get(f))
+        return parse_iso(found)
+    except (KeyError, TypeError, ValueError, StopIteration, RecursionError, EvidenceError):
         return None

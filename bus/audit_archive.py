@@ -32,7 +32,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bus.audit import Checkpoint, Head, Report, Verifier, _claimed_time, iso, parse_iso
+from bus.audit import Checkpoint, Head, Report, Verifier, claimed_time, heads_of, iso, parse_iso
 from bus.dsig.trust import TrustStore
 from bus.jws import EvidenceError, canonical_json, check_node, verify
 
@@ -223,10 +223,11 @@ def _verify_archive(
             if first is None:
                 raise EvidenceError(f"{path}: the anchor, checkpoint {anchor_number}, is not in the archive")
             try:
-                value = verify(json.loads(first.jws), trust, at=_claimed_time(json.loads(first.jws))).value
+                jws = json.loads(first.jws)
+                value = verify(jws, trust, at=claimed_time(jws)).value
             except (ValueError, EvidenceError) as exc:
                 raise EvidenceError(f"{path}: the anchor checkpoint does not check: {exc}") from exc
-            anchor = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}
+            anchor = heads_of(value)
         verifier = Verifier(
             trust,
             tsa_trust=tsa_trust,

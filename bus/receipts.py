@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from bus.audit import iso, parse_iso
+from bus.audit import claimed_time, iso, parse_iso
 from bus.dsig.keys import SigningKey
 from bus.dsig.trust import TrustStore
-from bus.jws import EvidenceError, Signed, canonical_json, check_node, sign, unb64url, verify
+from bus.jws import EvidenceError, Signed, canonical_json, check_node, sign, verify
 
 if TYPE_CHECKING:
     from bus.intake import Accepted
@@ -131,14 +131,7 @@ def verify_receipt(receipt: Any, trust: TrustStore, *, node: str | None = None) 
             raise EvidenceError(f"a receipt is JSON; this is not: {exc}") from exc
     if isinstance(receipt, dict) and "receipt" in receipt and "protected" not in receipt:
         receipt = receipt["receipt"]  # the 202 answer as saved, or a list's item
-    at = None
-    if isinstance(receipt, dict) and isinstance(receipt.get("payload"), str):
-        try:
-            claimed = json.loads(unb64url(receipt["payload"], "the payload"))
-            at = parse_iso(claimed.get("signed_at") or claimed["at"])
-        except (KeyError, TypeError, ValueError, EvidenceError):
-            at = None
-    signed = verify(receipt, trust, at=at)
+    signed = verify(receipt, trust, at=claimed_time(receipt, "signed_at", "at"))
     if signed.value.get("type") not in (ACCEPTED, DELIVERED):
         raise EvidenceError(f"a signed {signed.value.get('type')!r}, not a receipt of the bus")
     check_node(signed, node)

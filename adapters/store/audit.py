@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from adapters.store.base import StoreBase, utc
 from adapters.store.group_commit import BatchCommit, Lane
 from adapters.store.tables import audit_archives, audit_chains, audit_checkpoints, audit_records
-from bus.audit import GENESIS, Checkpoint, Entry, Head, SealedRecord, checkpoint_payload, seal
+from bus.audit import GENESIS, Checkpoint, Entry, Head, SealedRecord, checkpoint_payload, heads_of, seal
 
 __all__ = ["AuditLog", "StoredCheckpoint", "StoredRecord"]
 
@@ -132,7 +132,7 @@ class AuditLog(StoreBase):
                             locked = True
                         async with conn.begin():
                             yield conn
-                            entries = self._pending_audit(conn)
+                            entries: list[Entry] | None = conn.info.pop(_AUDIT, None)
                             if entries:
                                 if not locked:
                                     await chain.lock.acquire()
@@ -166,10 +166,6 @@ class AuditLog(StoreBase):
     async def _note_many(self, conn: AsyncConnection, entries: list[Entry]) -> list[None]:
         self._audit(conn, entries)
         return [None] * len(entries)
-
-    def _pending_audit(self, conn: AsyncConnection) -> list[Entry] | None:
-        entries: list[Entry] | None = conn.info.pop(_AUDIT, None)
-        return entries
 
     async def _append_audit(self, conn: AsyncConnection, entries: list[Entry]) -> Head:
         """Write *entries* after the chain's head, in *conn*'s transaction; the caller holds the lock and
@@ -422,8 +418,7 @@ class AuditLog(StoreBase):
 def _checkpoint(row: Any) -> StoredCheckpoint:
     payload = row.payload.encode("utf-8")
     try:
-        value = json.loads(payload)
-        heads = {str(c["chain"]): Head(int(c["seq"]), str(c["head"])) for c in value["chains"]}
+        heads = heads_of(json.loads(payload))
     except (ValueError, KeyError, TypeError):  # changed in the table: the verifier compares it with its JWS
         heads = {}
     return StoredCheckpoint(int(row.number), utc(row.at), row.sha256, payload, row.jws, row.timestamp, heads)
